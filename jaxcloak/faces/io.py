@@ -1,0 +1,166 @@
+"""Photo decoding and encoding at the NumPy/PIL edge.
+
+`decode` returns upright RGB uint8 pixels plus everything needed to write the
+photo back the way it came: format, JPEG quantisation tables and subsampling
+(so the output keeps the input's quality), EXIF (orientation reset, since the
+pixels are now upright), ICC profile, grayscale and alpha. `encode` is its
+inverse for a cloaked copy of the pixels. Originals are only ever read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
+# Decompression-bomb guard: photos above this many pixels are refused.
+MAX_PIXELS = 120_000_000
+WRITABLE_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP"}
+
+
+class PhotoError(ValueError):
+  """A photo that cannot be cloaked; `status` is the manifest/report status."""
+
+  def __init__(self, status: str, message: str):
+    super().__init__(message)
+    self.status = status
+
+
+@dataclasses.dataclass
+class Photo:
+  rgb: np.ndarray  # [h, w, 3] uint8, upright
+  format: str  # PIL format name of the source
+  mode: str  # PIL mode of the source ("RGB", "L", "RGBA", "LA", "P", ...)
+  alpha: np.ndarray | None = None  # [h, w] uint8
+  exif: bytes | None = None
+  icc_profile: bytes | None = None
+  jpeg_qtables: dict | None = None
+  jpeg_subsampling: int | None = None
+  notes: list = dataclasses.field(default_factory=list)
+
+  @property
+  def grayscale(self) -> bool:
+    return self.mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def decode(data: bytes, *, name: str = "photo", max_pixels: int = MAX_PIXELS) -> Photo:
+  """Decodes photo bytes; raises PhotoError with a specific status on bad input."""
+  if not data:
+    raise PhotoError("empty_file", f"{name}: file is empty (0 bytes)")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      im = Image.open(io.BytesIO(data))
+      w, h = im.size
+      if w * h > max_pixels:
+        raise PhotoError("too_large", f"{name}: {w}x{h} = {w * h:,} pixels exceeds the "
+                         f"limit of {max_pixels:,} (decompression-bomb guard)")
+      fmt = im.format or "UNKNOWN"
+      if getattr(im, "n_frames", 1) > 1 and fmt in ("GIF", "PNG", "WEBP", "MPO", "TIFF"):
+        if fmt != "MPO":  # MPO = JPEG with a preview frame; the first frame is the photo
+          raise PhotoError("animated", f"{name}: animated {fmt} with {im.n_frames} frames "
+                           "is not cloaked (copied unchanged)")
+      im.load()
+  except PhotoError:
+    raise
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise PhotoError("too_large", f"{name}: {e}") from e
+  except UnidentifiedImageError as e:
+    raise PhotoError("not_an_image", f"{name}: not a decodable image ({e})") from e
+  except (OSError, SyntaxError, ValueError) as e:
+    raise PhotoError("corrupt", f"{name}: image data is corrupt or truncated ({e})") from e
+
+  exif = None
+  notes = []
+  try:
+    exif_obj = im.getexif()
+    upright = ImageOps.exif_transpose(im)
+    if 0x0112 in exif_obj:
+      exif_obj[0x0112] = 1  # pixels are rotated now; don't let viewers rotate twice
+    exif = exif_obj.tobytes() if len(exif_obj) else None
+  except Exception as e:  # malformed EXIF must not stop a photo from being cloaked
+    notes.append(f"EXIF unreadable, dropped ({type(e).__name__})")
+    upright = im
+  icc = im.info.get("icc_profile")
+  qtables = getattr(im, "quantization", None) if fmt == "JPEG" else None
+  subsampling = JpegImagePlugin.get_sampling(im) if fmt == "JPEG" else None
+
+  mode = im.mode
+  alpha = None
+  if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+    rgba = upright.convert("RGBA")
+    alpha = np.asarray(rgba)[..., 3].copy()
+    rgb = np.asarray(rgba.convert("RGB"))
+  elif mode in ("I;16", "I;16B", "I;16L", "I"):
+    arr = np.asarray(upright).astype(np.float64)
+    peak = 65535.0 if arr.max() > 255 else 255.0
+    gray = np.clip(np.round(arr / peak * 255.0), 0, 255).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    notes.append("16-bit image written back as 8-bit")
+  elif mode == "CMYK":
+    rgb = np.asarray(upright.convert("RGB"))
+    notes.append("CMYK converted to RGB")
+  else:
+    rgb = np.asarray(upright.convert("RGB"))
+  h, w = rgb.shape[:2]
+  if min(h, w) < 1:
+    raise PhotoError("too_small", f"{name}: image has no pixels")
+  return Photo(np.ascontiguousarray(rgb), fmt, mode, alpha, exif, icc, qtables, subsampling, notes)
+
+
+def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False) -> tuple[bytes, str]:
+  """Encodes cloaked pixels like the source photo. Returns (bytes, format)."""
+  if photo.grayscale:
+    # The cloak on a grayscale photo is optimised on equal channels; keep one.
+    im = Image.fromarray(np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8), "L")
+  else:
+    im = Image.fromarray(rgb, "RGB")
+  if photo.alpha is not None:
+    im = im.convert("LA" if photo.grayscale else "RGBA")
+    im.putalpha(Image.fromarray(photo.alpha, "L"))
+  fmt = photo.format if photo.format in WRITABLE_FORMATS else "PNG"
+  kwargs: dict = {}
+  if not strip_metadata:
+    if photo.exif:
+      kwargs["exif"] = photo.exif
+    if photo.icc_profile:
+      kwargs["icc_profile"] = photo.icc_profile
+  if fmt == "JPEG":
+    if im.mode not in ("RGB", "L"):
+      im = im.convert("RGB")
+    if photo.jpeg_qtables:
+      kwargs["qtables"] = photo.jpeg_qtables
+      if photo.jpeg_subsampling is not None and photo.jpeg_subsampling >= 0:
+        kwargs["subsampling"] = photo.jpeg_subsampling
+    else:
+      kwargs["quality"] = 95
+  elif fmt == "WEBP":
+    kwargs["lossless"] = True  # lossy WebP would eat the cloak; lossless keeps it exact
+  buf = io.BytesIO()
+  im.save(buf, format=fmt, **kwargs)
+  return buf.getvalue(), fmt
+
+
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+  """Writes via a temporary file in the same folder and an atomic rename."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise

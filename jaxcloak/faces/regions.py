@@ -1,0 +1,124 @@
+"""Face regions: the native-resolution patches a cloak is optimised on.
+
+A face's region is the bounding box of every extractor's aligned crop
+footprint (the pixels some model actually sees), padded by a small margin and
+clipped to the photo. It is stored square-padded into a bucket side so that a
+run over thousands of photos compiles once per bucket. Regions larger than
+`max_region` are optimised downscaled and their perturbation is upsampled back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from jaxcloak.faces.align import similarity_transform
+
+BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
+
+
+@dataclasses.dataclass
+class Region:
+  box: tuple[int, int, int, int]  # x0, y0, x1, y1 in photo pixels (exclusive end)
+  scale: float  # patch pixels per photo pixel (1.0 = native)
+  bucket: int  # padded square side of the patch
+  patch: np.ndarray  # [bucket, bucket, 3] float32 in [0, 1], zero padded
+  mask: np.ndarray  # [bucket, bucket] float32, 1 inside the region
+  affines: list  # per extractor [2, 3] float32, patch pixels -> crop pixels
+
+
+def bucket_for(side: int, buckets: Sequence[int] = BUCKETS) -> int:
+  for b in buckets:
+    if side <= b:
+      return b
+  return buckets[-1]
+
+
+def _crop_footprint(m: np.ndarray, size: int) -> np.ndarray:
+  """Photo-pixel corners of the crop that affine m (photo -> crop) samples."""
+  a = np.vstack([m, [0.0, 0.0, 1.0]])
+  inv = np.linalg.inv(a)[:2]
+  corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+  return corners @ inv.T
+
+
+def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
+                max_region: int = 512, margin: float = 0.05) -> Region:
+  """Cuts the region for one face.
+
+  Args:
+    rgb: [h, w, 3] uint8 photo.
+    landmarks: [5, 2] YuNet-order landmarks in photo pixels.
+    extractors: the models whose crops the region must cover.
+  """
+  h, w = rgb.shape[:2]
+  photo_affines = [similarity_transform(landmarks, e.template).astype(np.float64)
+                   for e in extractors]
+  pts = np.concatenate([_crop_footprint(m, e.input_size)
+                        for m, e in zip(photo_affines, extractors)])
+  (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+  pad = margin * max(x1 - x0, y1 - y0)
+  x0, y0 = int(max(0, np.floor(x0 - pad))), int(max(0, np.floor(y0 - pad)))
+  x1, y1 = int(min(w, np.ceil(x1 + pad))), int(min(h, np.ceil(y1 + pad)))
+  side = max(x1 - x0, y1 - y0)
+  scale = min(1.0, max_region / side)
+  pw, ph = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
+  bucket = bucket_for(max(pw, ph))
+  crop = rgb[y0:y1, x0:x1]
+  if scale < 1.0:
+    crop = np.asarray(Image.fromarray(crop).resize((pw, ph), Image.BILINEAR))
+  patch = np.zeros((bucket, bucket, 3), np.float32)
+  patch[:ph, :pw] = crop.astype(np.float32) / 255.0
+  mask = np.zeros((bucket, bucket), np.float32)
+  mask[:ph, :pw] = 1.0
+  # patch pixel p = scale * (photo pixel - origin); crop = M_photo @ photo pixel.
+  to_photo = np.array([[1 / scale, 0, x0], [0, 1 / scale, y0], [0, 0, 1]], np.float64)
+  affines = [(np.vstack([m, [0, 0, 1]]) @ to_photo)[:2].astype(np.float32)
+             for m in photo_affines]
+  return Region((x0, y0, x1, y1), scale, bucket, patch, mask, affines)
+
+
+def paste(rgb: np.ndarray, region: Region, cloaked_patch: np.ndarray,
+          strength: float = 1.0) -> np.ndarray:
+  """Writes a cloaked patch back into a copy of the photo (uint8).
+
+  `strength` < 1 shrinks the perturbation, used when a re-encoded file would
+  exceed the DSSIM budget.
+  """
+  x0, y0, x1, y1 = region.box
+  out = rgb.copy()
+  orig = rgb[y0:y1, x0:x1].astype(np.float32)
+  ph, pw = round((y1 - y0) * region.scale), round((x1 - x0) * region.scale)
+  delta = (cloaked_patch[:ph, :pw] - region.patch[:ph, :pw]) * 255.0
+  if region.scale < 1.0:
+    delta = np.stack([np.asarray(Image.fromarray(delta[..., c], "F").resize(
+        (x1 - x0, y1 - y0), Image.BILINEAR)) for c in range(3)], axis=-1)
+  out[y0:y1, x0:x1] = np.clip(np.round(orig + strength * delta), 0, 255).astype(np.uint8)
+  return out
+
+
+def region_dssim(original: np.ndarray, written: np.ndarray, box) -> float:
+  """DSSIM between two uint8 photos over one region (NumPy/JAX via dm_pix)."""
+  import jax.numpy as jnp
+  from jaxcloak.losses import dssim
+  x0, y0, x1, y1 = box
+  a = jnp.asarray(original[y0:y1, x0:x1], jnp.float32)[None] / 255.0
+  b = jnp.asarray(written[y0:y1, x0:x1], jnp.float32)[None] / 255.0
+  if min(a.shape[1:3]) < 11:
+    return float(jnp.mean(jnp.abs(a - b)))  # too small for an 11x11 SSIM window
+  return float(dssim(a, b)[0])
+
+
+def recut(region: Region, rgb: np.ndarray) -> Region:
+  """The same region geometry cut from another version of the photo (e.g. as written)."""
+  x0, y0, x1, y1 = region.box
+  crop = rgb[y0:y1, x0:x1]
+  ph, pw = round((y1 - y0) * region.scale), round((x1 - x0) * region.scale)
+  if region.scale < 1.0:
+    crop = np.asarray(Image.fromarray(crop).resize((pw, ph), Image.BILINEAR))
+  patch = np.zeros_like(region.patch)
+  patch[:ph, :pw] = crop.astype(np.float32) / 255.0
+  return dataclasses.replace(region, patch=patch)

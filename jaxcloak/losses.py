@@ -1,0 +1,75 @@
+"""Pure loss pieces of the cloak objective (Fawkes, Shan et al. 2020, §4 and Eq. 3).
+
+Images are float32 [b, h, w, 3] in [0, 1]; every function returns per-image
+values [b] so the caller reduces once.
+"""
+
+from __future__ import annotations
+
+import dm_pix
+import jax
+import jax.numpy as jnp
+
+
+def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+  """Structural dissimilarity (1 - SSIM) / 2 per image, in [0, 1].
+
+  Args:
+    a, b: [b, h, w, c] in [0, 1].
+    mask: optional [b, h, w] (1 = pixel belongs to the region). SSIM is averaged
+      only over windows whose centre lies in the region, so padding a face
+      region to a bucket size does not dilute its DSSIM.
+  Returns:
+    [b] DSSIM values.
+  """
+  if mask is None:
+    return (1.0 - dm_pix.ssim(a, b)) / 2.0
+  ssim_map = dm_pix.ssim(a, b, return_map=True)  # [b, h-10, w-10, c] ('valid')
+  crop = (a.shape[1] - ssim_map.shape[1]) // 2
+  m = mask[:, crop:crop + ssim_map.shape[1], crop:crop + ssim_map.shape[2], None]
+  m = jnp.broadcast_to(m, ssim_map.shape)
+  mean_ssim = jnp.sum(ssim_map * m, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(m, axis=(1, 2, 3)), 1.0)
+  return (1.0 - mean_ssim) / 2.0
+
+
+def normalize(features: jax.Array) -> jax.Array:
+  """L2-normalises [b, d] embeddings (models differ in scale; compare on the sphere)."""
+  return features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+
+
+def squared_distance(a: jax.Array, b: jax.Array) -> jax.Array:
+  """[b, d], [b, d] -> [b] squared L2 distance."""
+  return jnp.sum(jnp.square(a - b), axis=-1)
+
+
+def budget_excess(dssim_values: jax.Array, budget: jax.Array) -> jax.Array:
+  """[b] hinge: how far each image's DSSIM is above its budget (0 when within)."""
+  return jnp.maximum(dssim_values - budget, 0.0)
+
+
+def update_penalty_weight(weight: jax.Array, over_budget: jax.Array, *,
+                          grow: float = 1.5, shrink: float = 1.1,
+                          lo: float = 1.0, hi: float = 1e6) -> jax.Array:
+  """Fawkes 1.0-style per-image adaptive penalty weight.
+
+  The weight rises while an image is over its DSSIM budget and relaxes while it
+  is within, so each image settles on the budget boundary instead of every image
+  sharing one hand-tuned constant.
+  """
+  new = jnp.where(over_budget, weight * grow, weight / shrink)
+  return jnp.clip(new, lo, hi)
+
+
+def to_tanh_space(x: jax.Array, eps: float = 1e-6) -> jax.Array:
+  """[0, 1] pixels -> unconstrained w with x = (tanh(w) + 1) / 2."""
+  return jnp.arctanh(jnp.clip(2.0 * x - 1.0, -1.0 + eps, 1.0 - eps))
+
+
+def from_tanh_space(w: jax.Array) -> jax.Array:
+  return (jnp.tanh(w) + 1.0) / 2.0
+
+
+def gaussian_blur(x: jax.Array, sigma: float) -> jax.Array:
+  """[b, h, w, c] Gaussian blur (LowKey's smoothed copy), differentiable."""
+  size = max(3, int(2 * round(3 * sigma) + 1))
+  return dm_pix.gaussian_blur(x, sigma, size)

@@ -1,0 +1,1 @@
+"""Runners: the local cloak pipeline, archive migration, and the Ray runner (the only module importing ray)."""

@@ -1,0 +1,218 @@
+"""The local cloak runner: photos in, cloaked photos and a per-photo report out.
+
+Data flow: decode (EXIF-upright RGB) -> YuNet detect -> face regions (bucketed
+native-resolution patches) -> one compiled optimisation per bucket-shaped batch,
+sharded over local devices -> paste -> encode like the source -> re-decode and
+check every face's DSSIM on the written bytes (shrinking that face's cloak if
+re-encoding pushed it over budget) -> atomic write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import jax
+import numpy as np
+
+from jaxcloak import models, targets as targets_lib
+from jaxcloak.config import CloakConfig
+from jaxcloak.faces import io as photo_io
+from jaxcloak.faces import regions as regions_lib
+from jaxcloak.faces.detect import Detector
+from jaxcloak.optimize import Batch, data_mesh, make_cloak_fn, region_features, shard_batch
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+@dataclasses.dataclass
+class Face:
+  box: list  # x, y, w, h in photo pixels
+  score: float
+  landmarks: np.ndarray  # [5, 2]
+  region: regions_lib.Region | None = None
+  status: str = "pending"  # cloaked | too_small | not_improved | over_budget
+  cloaked_patch: np.ndarray | None = None
+  strength: float = 1.0
+  stats: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Item:
+  """One photo through the pipeline."""
+  name: str  # relative output path
+  data: bytes
+  user: str = ""
+  photo: photo_io.Photo | None = None
+  faces: list = dataclasses.field(default_factory=list)
+  status: str = "pending"
+  message: str = ""
+  output: bytes | None = None
+  output_format: str = ""
+  seconds: float = 0.0
+
+
+def main_face(dets) -> int | None:
+  """Index of the face an identity photo is about: the largest one."""
+  if len(dets.scores) == 0:
+    return None
+  return int(np.argmax(dets.boxes[:, 2] * dets.boxes[:, 3]))
+
+
+class Cloaker:
+  """Loads models once, compiles once per bucket, cloaks batches of photos."""
+
+  def __init__(self, config: CloakConfig, *, weights_dir=None, devices=None,
+               strip_metadata: bool = False, max_pixels: int = photo_io.MAX_PIXELS):
+    self.config = config
+    self.extractors = [models.load(n, weights_dir) for n in config.extractors]
+    self.detector = Detector(weights_dir=weights_dir)
+    self.cloak_fn = make_cloak_fn(self.extractors, config)
+    self.features = region_features(self.extractors)
+    devices = devices if devices is not None else jax.local_devices()
+    self.mesh = data_mesh(devices) if len(devices) > 1 else None
+    self.n_devices = len(devices)
+    # Batch size rounded up to a multiple of the device count for even shards.
+    self.batch_size = -(-config.batch_size // self.n_devices) * self.n_devices
+    self.strip_metadata = strip_metadata
+    self.max_pixels = max_pixels
+
+  # -- stages ---------------------------------------------------------------
+
+  def decode(self, item: Item) -> None:
+    try:
+      item.photo = photo_io.decode(item.data, name=item.name, max_pixels=self.max_pixels)
+    except photo_io.PhotoError as e:
+      item.status, item.message = e.status, str(e)
+
+  def detect(self, items: Sequence[Item]) -> None:
+    live = [it for it in items if it.photo is not None]
+    if not live:
+      return
+    for it, dets in zip(live, self.detector([it.photo.rgb for it in live])):
+      for b, s, lm in zip(dets.boxes, dets.scores, dets.landmarks):
+        it.faces.append(Face(list(map(float, b)), float(s), np.asarray(lm, np.float32)))
+      if not it.faces:
+        it.status, it.message = "no_face", f"{it.name}: no face found; copied unchanged"
+
+  def make_regions(self, items: Sequence[Item]) -> None:
+    for it in items:
+      for f in it.faces:
+        if min(f.box[2], f.box[3]) < self.config.min_face:
+          f.status = "too_small"
+          continue
+        f.region = regions_lib.face_region(it.photo.rgb, f.landmarks, self.extractors,
+                                           max_region=self.config.max_region)
+
+  def identity_features(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
+    """extractor -> [m, d] unit features of each photo's main face (for targets)."""
+    regions = []
+    for it in items:
+      if it.faces:
+        f = it.faces[max(range(len(it.faces)), key=lambda i: it.faces[i].box[2] * it.faces[i].box[3])]
+        regions.append(f.region or regions_lib.face_region(
+            it.photo.rgb, f.landmarks, self.extractors, max_region=self.config.max_region))
+    return self.region_features(regions)
+
+  def region_features(self, regions: Sequence[regions_lib.Region]) -> dict[str, np.ndarray]:
+    out = {e.name: [] for e in self.extractors}
+    for bucket, group in _group_by_bucket(regions):
+      for chunk in _chunks(group, self.batch_size):
+        patches, affines = _stack_regions(chunk, self.batch_size, bucket, len(self.extractors))
+        feats = self.features(patches, affines)
+        for e, f in zip(self.extractors, feats):
+          out[e.name].append(np.asarray(f)[:len(chunk)])
+    return {k: (np.concatenate(v) if v else np.zeros((0, e.embedding_dim), np.float32))
+            for (k, v), e in zip(out.items(), self.extractors)}
+
+  def optimise(self, faces: Sequence[Face], targets: dict[int, dict[str, np.ndarray]]) -> None:
+    """Runs the compiled cloak on every face with a region; `targets` by id(face)."""
+    todo = [f for f in faces if f.region is not None and f.status == "pending"]
+    for bucket, group in _group_by_bucket(todo, key=lambda f: f.region):
+      for chunk in _chunks(group, self.batch_size):
+        batch = self._batch(chunk, bucket, targets)
+        res = jax.device_get(self.cloak_fn(shard_batch(batch, self.mesh)))
+        for i, f in enumerate(chunk):
+          f.cloaked_patch = np.asarray(res.cloaked[i])
+          f.stats = {"dssim_float": float(res.dssim[i]), "steps": int(res.steps[i]),
+                     "start_distance": float(res.start_distance[i]),
+                     "final_distance": float(res.final_distance[i]),
+                     "self_distance": float(res.self_distance[i])}
+          f.status = "cloaked" if bool(res.found[i]) else "not_improved"
+
+  def _batch(self, chunk, bucket, targets) -> Batch:
+    n, b = len(chunk), self.batch_size
+    patches, affines = _stack_regions([f.region for f in chunk], b, bucket, len(self.extractors))
+    masks = np.zeros((b, bucket, bucket), np.float32)
+    tgt = [np.zeros((b, e.embedding_dim), np.float32) for e in self.extractors]
+    for i, f in enumerate(chunk):
+      masks[i] = f.region.mask
+      t = targets.get(id(f))
+      for k, e in enumerate(self.extractors):
+        if t is not None:
+          tgt[k][i] = t[e.name]
+    budgets = np.full((b,), self.config.budget, np.float32)
+    active = np.arange(b) < n
+    return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active)
+
+  def write_back(self, item: Item) -> None:
+    """Pastes cloaked faces, encodes, and enforces the budget on the re-decoded bytes."""
+    cloaked = [f for f in item.faces if f.status == "cloaked"]
+    if not cloaked:
+      if item.status == "pending":
+        item.status = "no_cloakable_face"
+        item.message = f"{item.name}: faces found but none cloakable ({_statuses(item.faces)})"
+      return
+    photo = item.photo
+    for _ in range(12):
+      rgb = photo.rgb
+      for f in cloaked:
+        rgb = regions_lib.paste(rgb, f.region, f.cloaked_patch, f.strength)
+      data, fmt = photo_io.encode(photo, rgb, strip_metadata=self.strip_metadata)
+      written = photo_io.decode(data, name=item.name, max_pixels=self.max_pixels).rgb
+      over = False
+      for f in cloaked:
+        f.stats["dssim"] = regions_lib.region_dssim(photo.rgb, written, f.region.box)
+        if f.stats["dssim"] > self.config.budget:
+          f.strength *= 0.8
+          over = True
+      if not over:
+        break
+    else:
+      item.status = "over_budget"
+      item.message = f"{item.name}: could not meet the DSSIM budget after re-encoding"
+      return
+    for f in cloaked:
+      f.stats["strength"] = f.strength
+    item.output, item.output_format = data, fmt
+    item.status = "cloaked"
+    item.written_rgb = written
+
+
+def _statuses(faces) -> str:
+  from collections import Counter
+  return ", ".join(f"{k}: {v}" for k, v in Counter(f.status for f in faces).items())
+
+
+def _group_by_bucket(things, key=lambda r: r):
+  groups: dict[int, list] = {}
+  for t in things:
+    groups.setdefault(key(t).bucket, []).append(t)
+  return sorted(groups.items())
+
+
+def _chunks(seq, n):
+  for i in range(0, len(seq), n):
+    yield seq[i:i + n]
+
+
+def _stack_regions(regions, batch, bucket, n_ext):
+  patches = np.zeros((batch, bucket, bucket, 3), np.float32)
+  affines = [np.tile(np.eye(2, 3, dtype=np.float32), (batch, 1, 1)) for _ in range(n_ext)]
+  for i, r in enumerate(regions):
+    patches[i] = r.patch
+    for k in range(n_ext):
+      affines[k][i] = r.affines[k]
+  return patches, affines

@@ -1,0 +1,105 @@
+"""Photo I/O edge: EXIF orientation, metadata, grayscale, alpha, bad input."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from jaxcloak.faces import io as photo_io
+
+
+def _jpeg(arr, **kw):
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, "JPEG", **kw)
+  return buf.getvalue()
+
+
+def _photo(h=60, w=90):
+  rng = np.random.default_rng(0)
+  return (rng.random((h, w, 3)) * 255).astype(np.uint8)
+
+
+def test_exif_orientation_applied_and_reset():
+  arr = _photo()
+  exif = Image.Exif()
+  exif[0x0112] = 6  # rotate 90 CW on display
+  exif[0x010F] = "jaxcloak-test-camera"
+  data = _jpeg(arr, exif=exif.tobytes(), quality=90)
+  p = photo_io.decode(data)
+  assert p.rgb.shape == (90, 60, 3)  # upright
+  out, fmt = photo_io.encode(p, p.rgb)
+  back = Image.open(io.BytesIO(out))
+  assert fmt == "JPEG"
+  assert back.getexif()[0x010F] == "jaxcloak-test-camera"
+  assert back.getexif().get(0x0112, 1) == 1  # not rotated twice
+  assert back.size == (60, 90)
+
+
+def test_icc_and_jpeg_quality_kept_and_strippable():
+  icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+  data = _jpeg(_photo(), icc_profile=icc, quality=77)
+  p = photo_io.decode(data)
+  out, _ = photo_io.encode(p, p.rgb)
+  back = Image.open(io.BytesIO(out))
+  assert back.info.get("icc_profile") == icc
+  assert back.quantization == Image.open(io.BytesIO(data)).quantization
+  stripped, _ = photo_io.encode(p, p.rgb, strip_metadata=True)
+  assert Image.open(io.BytesIO(stripped)).info.get("icc_profile") is None
+
+
+def test_grayscale_stays_grayscale():
+  gray = _photo()[..., 0]
+  buf = io.BytesIO()
+  Image.fromarray(gray, "L").save(buf, "PNG")
+  p = photo_io.decode(buf.getvalue())
+  assert p.grayscale and p.rgb.shape[2] == 3
+  out, fmt = photo_io.encode(p, p.rgb)
+  back = Image.open(io.BytesIO(out))
+  assert back.mode == "L" and fmt == "PNG"
+  np.testing.assert_array_equal(np.asarray(back), gray)
+
+
+def test_alpha_kept():
+  rgba = np.concatenate([_photo(), np.full((60, 90, 1), 7, np.uint8)], axis=2)
+  rgba[:10, :10, 3] = 255
+  buf = io.BytesIO()
+  Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+  p = photo_io.decode(buf.getvalue())
+  out, _ = photo_io.encode(p, p.rgb)
+  back = np.asarray(Image.open(io.BytesIO(out)))
+  assert back.shape == (60, 90, 4)
+  np.testing.assert_array_equal(back[..., 3], rgba[..., 3])
+  np.testing.assert_array_equal(back[..., :3], rgba[..., :3])
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"", "empty_file"),
+    (b"this is not an image at all", "not_an_image"),
+])
+def test_bad_bytes_give_specific_status(data, status):
+  with pytest.raises(photo_io.PhotoError) as e:
+    photo_io.decode(data, name="x.jpg")
+  assert e.value.status == status and "x.jpg" in str(e.value)
+
+
+def test_truncated_jpeg_is_corrupt():
+  data = _jpeg(_photo(200, 200), quality=95)
+  with pytest.raises(photo_io.PhotoError) as e:
+    photo_io.decode(data[: len(data) // 2], name="cut.jpg")
+  assert e.value.status == "corrupt"
+
+
+def test_decompression_bomb_refused():
+  buf = io.BytesIO()
+  Image.new("L", (4000, 4000)).save(buf, "PNG")
+  with pytest.raises(photo_io.PhotoError) as e:
+    photo_io.decode(buf.getvalue(), max_pixels=1_000_000)
+  assert e.value.status == "too_large"
+
+
+def test_atomic_write_leaves_no_partial(tmp_path):
+  target = tmp_path / "a" / "b.jpg"
+  photo_io.atomic_write(target, b"abc")
+  assert target.read_bytes() == b"abc"
+  assert not list(target.parent.glob(".*part"))
