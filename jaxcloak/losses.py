@@ -9,6 +9,39 @@ from __future__ import annotations
 import dm_pix
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def _gaussian_taps(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+  t = np.exp(-0.5 * ((np.arange(size) - (size - 1) / 2) / sigma) ** 2)
+  return (t / t.sum()).astype(np.float32)
+
+
+def _band(n: int, taps: np.ndarray) -> jax.Array:
+  """[n - k + 1, n] banded matrix: a 'valid' 1-D convolution as a matmul."""
+  k = len(taps)
+  m = np.zeros((n - k + 1, n), np.float32)
+  for i in range(n - k + 1):
+    m[i, i:i + k] = taps
+  return jnp.asarray(m)
+
+
+def separable_gaussian(x: jax.Array) -> jax.Array:
+  """dm_pix's SSIM window (11 taps, sigma 1.5, 'valid') as two banded matmuls.
+
+  Same numbers as dm_pix's default filter (tested), but about 10x faster
+  forward+backward on CPU, where XLA's depthwise convolutions are slow; SSIM
+  otherwise dominated the cloak step.
+  """
+  taps = _gaussian_taps()
+  h, w = x.shape[-3], x.shape[-2]
+  x = jnp.einsum("oh,...hwc->...owc", _band(h, taps), x, precision="highest")
+  return jnp.einsum("pw,...owc->...opc", _band(w, taps), x, precision="highest")
+
+
+def ssim(a: jax.Array, b: jax.Array, *, return_map: bool = False) -> jax.Array:
+  """dm_pix SSIM (defaults: 11x11 Gaussian, sigma 1.5, k1 0.01, k2 0.03) with the fast filter."""
+  return dm_pix.ssim(a, b, return_map=return_map, filter_fn=separable_gaussian)
 
 
 def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -23,8 +56,8 @@ def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Arra
     [b] DSSIM values.
   """
   if mask is None:
-    return (1.0 - dm_pix.ssim(a, b)) / 2.0
-  ssim_map = dm_pix.ssim(a, b, return_map=True)  # [b, h-10, w-10, c] ('valid')
+    return (1.0 - ssim(a, b)) / 2.0
+  ssim_map = ssim(a, b, return_map=True)  # [b, h-10, w-10, c] ('valid')
   crop = (a.shape[1] - ssim_map.shape[1]) // 2
   m = mask[:, crop:crop + ssim_map.shape[1], crop:crop + ssim_map.shape[2], None]
   m = jnp.broadcast_to(m, ssim_map.shape)

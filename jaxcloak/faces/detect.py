@@ -143,43 +143,46 @@ class Detector:
 
     self._forward = jax.jit(forward)
 
-  def _resize(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Resizes so the long side is `max_side`; returns (image, x scale, y scale)."""
-    h, w = image.shape[:2]
+  def _target_size(self, h: int, w: int) -> tuple[int, int]:
+    """(height, width) after resizing so the long side is `max_side` (aspect kept)."""
     if self.max_side is None:
-      return image, 1.0, 1.0
+      return h, w
     scale = self.max_side / max(h, w)
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    if (nw, nh) == (w, h):
-      return image, 1.0, 1.0
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+  def resize(self, image: np.ndarray) -> np.ndarray:
+    """The photo as the network sees it (before padding): uint8 [h', w', 3]."""
+    image = _to_uint8(image)
+    h, w = self._target_size(*image.shape[:2])
+    if (h, w) == image.shape[:2]:
+      return image
     # PIL's bilinear filter widens its support when shrinking, so downscaling is antialiased.
-    out = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
-    return out, nw / w, nh / h
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
 
   def run_padded(self, batch: np.ndarray):
     """[b, H, W, 3] uint8, H and W multiples of 32 -> decoded (boxes, landmarks, scores) arrays."""
     return jax.device_get(self._forward(self.params, jnp.asarray(batch)))
 
   def __call__(self, images: Sequence[np.ndarray]) -> list[Detections]:
-    prepared = [self._resize(_to_uint8(im)) for im in images]
+    sizes = [self._target_size(*np.shape(im)[:2]) for im in images]
     buckets: dict[tuple[int, int], list[int]] = {}
-    for i, (im, _, _) in enumerate(prepared):
-      buckets.setdefault((_padded(im.shape[0]), _padded(im.shape[1])), []).append(i)
+    for i, (h, w) in enumerate(sizes):
+      buckets.setdefault((_padded(h), _padded(w)), []).append(i)
 
     results: list[Detections | None] = [None] * len(images)
     for (ph, pw), members in buckets.items():
       for start in range(0, len(members), self.batch_size):
         chunk = members[start:start + self.batch_size]
-        batch = np.zeros((self.batch_size, ph, pw, 3), np.uint8)
+        batch = np.zeros((self.batch_size, ph, pw, 3), np.uint8)  # padding rows stay blank
         for j, i in enumerate(chunk):
-          im = prepared[i][0]
+          im = self.resize(images[i])  # resized per batch so memory stays one batch deep
           batch[j, :im.shape[0], :im.shape[1]] = im
         boxes, kps, scores = self.run_padded(batch)
         for j, i in enumerate(chunk):
           keep = nms(boxes[j], scores[j], score_threshold=self.score_threshold,
                      iou_threshold=self.nms_iou, top_k=self.top_k)
-          _, sx, sy = prepared[i]
-          scale = np.array([sx, sy], np.float32)
+          h, w = np.shape(images[i])[:2]
+          scale = np.array([sizes[i][1] / w, sizes[i][0] / h], np.float32)  # (x, y)
           b = boxes[j][keep].astype(np.float32)
           b = np.concatenate([b[:, :2] / scale, b[:, 2:] / scale], axis=1)
           results[i] = Detections(b, scores[j][keep].astype(np.float32),

@@ -73,3 +73,13 @@ def test_penalty_weight_adapts_per_image():
   new = losses.update_penalty_weight(w, jnp.array([True, False]))
   assert new[0] > 10.0 > new[1]
   assert float(losses.budget_excess(jnp.array([0.01]), jnp.array([0.02]))[0]) == 0.0
+
+
+def test_fast_ssim_filter_equals_dm_pix_default(faces_dir):
+  import dm_pix
+  a, b = _real_pair(faces_dir, seed=1)
+  a, b = jnp.asarray(a[:, :150, :130]), jnp.asarray(b[:, :150, :130])
+  np.testing.assert_allclose(losses.ssim(a, b), dm_pix.ssim(a, b), atol=1e-5)
+  ga = jax.grad(lambda x: losses.ssim(x, b).sum())(a)
+  gb = jax.grad(lambda x: dm_pix.ssim(x, b).sum())(a)
+  np.testing.assert_allclose(ga, gb, atol=1e-6)

