@@ -1,0 +1,181 @@
+"""Convolution and pooling layers whose input gradients are fast inside XLA CPU loops.
+
+The cloak differentiates the extractors with respect to their input pixels many
+times inside one `lax.while_loop`. On XLA CPU (jax 0.10) two ops are slow there:
+
+- The input gradient of `lax.conv_general_dilated` is a convolution with the
+  kernel flipped and its in/out axes swapped. Outside a loop XLA materialises
+  that kernel and runs the fast (YNNPACK) convolution; inside a loop body it
+  folds the swap into the convolution's dimension labels and falls back to a
+  generic convolution: 3x3 convs measured ~30x slower, the whole dlib
+  gradient ~5x. `conv2d` writes the input gradient out with a materialised
+  kernel behind an optimisation barrier, so loop and non-loop code match.
+- Depthwise convolutions (forward and backward) take XLA CPU's slow generic
+  path; `depthwise_conv2d` is a sum of shifted, per-channel-scaled slices.
+
+Parameter names and layouts match `flax.linen.Conv` (kernel [kh, kw, in, out],
+bias [out]), so converted weights load unchanged. Images are NHWC.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DN = ("NHWC", "HWIO", "NHWC")
+# HIGHEST keeps the ports' 1e-4 parity on GPUs (TF32 otherwise); no-op on CPU.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+Padding = Union[str, Sequence[tuple[int, int]]]
+
+
+def explicit_padding(padding: Padding, size: Sequence[int], kernel: Sequence[int],
+                     strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+  """'SAME' / 'VALID' / explicit pairs -> explicit (lo, hi) per spatial dim (lax's rules)."""
+  if not isinstance(padding, str):
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+  if padding == "VALID":
+    return ((0, 0),) * len(size)
+  if padding != "SAME":
+    raise ValueError(f"unknown padding {padding!r}")
+  out = []
+  for n, k, s in zip(size, kernel, strides):
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    out.append((total // 2, total - total // 2))
+  return tuple(out)
+
+
+def _conv(x, kernel, strides, padding):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN,
+                                      precision=_PRECISION)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+           padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """NHWC x HWIO convolution, explicit padding; same values and gradients as lax's."""
+  return _conv(x, kernel, strides, padding)
+
+
+def _conv2d_fwd(x, kernel, strides, padding):
+  return _conv(x, kernel, strides, padding), (x, kernel)
+
+
+def _conv2d_bwd(strides, padding, res, g):
+  x, kernel = res
+  # The transposed convolution: g dilated by the stride, convolved with the
+  # flipped kernel (in <-> out), padded so the result has x's spatial size.
+  # The barrier keeps XLA from folding the transpose back into the conv.
+  flipped = jax.lax.optimization_barrier(
+      jnp.transpose(jnp.flip(kernel, (0, 1)), (0, 1, 3, 2)))
+  pads = []
+  for n, m, k, s, (lo, _) in zip(x.shape[1:3], g.shape[1:3], kernel.shape[:2], strides, padding):
+    before = k - 1 - lo
+    pads.append((before, n + k - 1 - ((m - 1) * s + 1) - before))
+  dx = jax.lax.conv_general_dilated(g, flipped, (1, 1), pads, lhs_dilation=strides,
+                                    dimension_numbers=_DN, precision=_PRECISION)
+  # The kernel gradient is lax's own; XLA drops it when only dx is used.
+  _, kernel_vjp = jax.vjp(lambda k: _conv(x, k, strides, padding), kernel)
+  return dx, kernel_vjp(g)[0]
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+def depthwise_conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                     padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """Depthwise conv (kernel [kh, kw, 1, c]) as a sum of shifted, scaled strided slices."""
+  kh, kw = kernel.shape[:2]
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  h = (xp.shape[1] - kh) // sh + 1
+  w = (xp.shape[2] - kw) // sw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      tap = xp[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :] * kernel[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
+
+
+def space_to_depth_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
+                          padding: tuple[tuple[int, int], ...]) -> jax.Array:
+  """A stride-s conv as a stride-1 conv on s x s space-to-depth blocks.
+
+  For few input channels (an RGB stem) XLA CPU's strided convolution is slow;
+  regrouping each s x s block of pixels into channels (and the kernel alike,
+  zero-padded to a multiple of s) gives the same sums as a stride-1 conv.
+  """
+  kh, kw, cin, cout = kernel.shape
+  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+  b, ph, pw, _ = x.shape
+  sizes = []
+  for n, k in ((ph, kh), (pw, kw)):
+    m, kb = (n - k) // stride + 1, -(-k // stride)
+    sizes.append((m + kb - 1, kb))
+  (nh, kbh), (nw, kbw) = sizes
+  # Crop (rows no output reads) or zero-pad to whole blocks.
+  x = x[:, :nh * stride, :nw * stride]
+  x = jnp.pad(x, ((0, 0), (0, nh * stride - x.shape[1]), (0, nw * stride - x.shape[2]), (0, 0)))
+  x = x.reshape(b, nh, stride, nw, stride, cin).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, nh, nw, stride * stride * cin)
+  kernel = jnp.pad(kernel, ((0, kbh * stride - kh), (0, kbw * stride - kw), (0, 0), (0, 0)))
+  kernel = kernel.reshape(kbh, stride, kbw, stride, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  kernel = kernel.reshape(kbh, kbw, stride * stride * cin, cout)
+  return conv2d(x, kernel, (1, 1), ((0, 0), (0, 0)))
+
+
+class Conv(nn.Module):
+  """Drop-in for `nn.Conv` (same params), built on `conv2d` / `depthwise_conv2d`.
+
+  `feature_group_count` may be 1 or the number of input channels (depthwise).
+  """
+  features: int
+  kernel_size: Sequence[int]
+  strides: Union[int, Sequence[int]] = 1
+  padding: Padding = "SAME"
+  feature_group_count: int = 1
+  use_bias: bool = True
+  space_to_depth: bool = False  # strided conv via `space_to_depth_conv2d`
+
+  @nn.compact
+  def __call__(self, x):
+    cin = x.shape[-1]
+    kernel_size = tuple(self.kernel_size)
+    strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+    padding = explicit_padding(self.padding, x.shape[1:3], kernel_size, strides)
+    groups = self.feature_group_count
+    if groups not in (1, cin) or (groups == cin and self.features != cin):
+      raise ValueError(f"only plain or depthwise convs are supported, got groups={groups}")
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        kernel_size + (cin // groups, self.features))
+    if self.space_to_depth and groups == 1 and strides[0] == strides[1] > 1:
+      y = space_to_depth_conv2d(x, kernel, strides[0], padding)
+    elif groups == 1 or cin == 1:
+      y = conv2d(x, kernel, strides, padding)
+    else:
+      y = depthwise_conv2d(x, kernel, strides, padding)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,))
+    return y
+
+
+def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
+  """VALID max pool as a running maximum over strided slices.
+
+  Same values as `nn.max_pool`; its gradient is elementwise selects instead of
+  XLA's select-and-scatter, which is slow on CPU. (At exact ties the gradient is
+  shared rather than given to one element.)
+  """
+  h = (x.shape[1] - window) // stride + 1
+  w = (x.shape[2] - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      tap = x[:, i:i + (h - 1) * stride + 1:stride, j:j + (w - 1) * stride + 1:stride, :]
+      out = tap if out is None else jnp.maximum(out, tap)
+  return out

@@ -1,0 +1,115 @@
+"""The migration manifest: an append-only JSONL log that is the truth about a job.
+
+One record per input (path, size, sha256 of input and output, status, faces,
+DSSIM, target, message). Each record is written after its output file has been
+renamed into place, then flushed and fsynced, so a record on disk always
+describes an output that is complete. A process killed mid-write leaves at most
+one torn last line; it is dropped on load and trimmed before the next append.
+
+Next to it, a small JSON state file (written atomically) holds what must stay
+the same across runs of one job: the cloak settings and each user's target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from jaxcloak.faces.io import atomic_write
+
+VERSION = 1
+
+
+def sha256_bytes(data: bytes) -> str:
+  return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path, *, block: int = 1 << 20) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    while chunk := f.read(block):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+class Manifest:
+  """Append-only JSONL records keyed by input path; the last record for a path wins."""
+
+  def __init__(self, path: Path):
+    self.path = Path(path)
+    self._file = None
+
+  def records(self) -> Iterator[dict]:
+    """Every complete record in file order (a torn trailing line is skipped)."""
+    if not self.path.exists():
+      return
+    with open(self.path, "rb") as f:
+      for line in f:
+        if not line.endswith(b"\n"):
+          break  # torn by a kill mid-write; the input will be redone
+        try:
+          rec = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if isinstance(rec, dict) and "input" in rec:
+          yield rec
+
+  def load(self) -> dict[str, dict]:
+    """input path -> its latest record."""
+    return {r["input"]: r for r in self.records()}
+
+  def open(self) -> "Manifest":
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._trim_torn_tail()
+    self._file = open(self.path, "ab")
+    return self
+
+  def _trim_torn_tail(self) -> None:
+    if not self.path.exists() or self.path.stat().st_size == 0:
+      return
+    with open(self.path, "rb+") as f:
+      data = f.read()
+      if data.endswith(b"\n"):
+        return
+      f.truncate(data.rfind(b"\n") + 1)
+      f.flush()
+      os.fsync(f.fileno())
+
+  def append(self, record: dict) -> None:
+    """Writes one record durably (flush + fsync) before returning."""
+    if self._file is None:
+      self.open()
+    self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+    self._file.flush()
+    os.fsync(self._file.fileno())
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+  def __enter__(self) -> "Manifest":
+    return self.open()
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class State:
+  """The job's settings and per-user targets, rewritten atomically on change."""
+
+  def __init__(self, path: Path):
+    self.path = Path(path)
+    self.data: dict = {"version": VERSION, "config": None, "targets": {}, "finished": False}
+    if self.path.exists():
+      self.data.update(json.loads(self.path.read_text()))
+
+  @property
+  def targets(self) -> dict[str, str | None]:
+    return self.data["targets"]
+
+  def save(self) -> None:
+    atomic_write(self.path, (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())
