@@ -92,7 +92,7 @@ def main():
 
   files = sorted(FACES.glob("*/*.jpg"))
   photos = [np.asarray(Image.open(f).convert("RGB")) for f in files]
-  det = Detector(max_side=args.max_side or None, batch_size=args.batch_size)
+  det = Detector(max_side=args.max_side or None, batch_size=args.batch_size, upscale=True)
 
   start = time.perf_counter()
   det(photos[:1])  # compiles the (only) bucket: all photos are 250x250

@@ -86,20 +86,52 @@ def _conv2d_bwd(strides, padding, res, g):
 conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
+def _shifted_sum(xp, kernel, strides, out_hw):
+  """sum_ij xp[:, i + s*y, j + s*x, :] * kernel[i, j, 0, :] (kernel [kh, kw, 1, c])."""
+  (sh, sw), (h, w) = strides, out_hw
+  out = None
+  for i in range(kernel.shape[0]):
+    for j in range(kernel.shape[1]):
+      tap = xp[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :] * kernel[i, j, 0]
+      out = tap if out is None else out + tap
+  return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def depthwise_conv2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
                      padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """Depthwise conv (kernel [kh, kw, 1, c]) as a sum of shifted, scaled strided slices."""
   kh, kw = kernel.shape[:2]
-  sh, sw = strides
   xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  h = (xp.shape[1] - kh) // sh + 1
-  w = (xp.shape[2] - kw) // sw + 1
-  out = None
-  for i in range(kh):
-    for j in range(kw):
-      tap = xp[:, i:i + (h - 1) * sh + 1:sh, j:j + (w - 1) * sw + 1:sw, :] * kernel[i, j, 0]
-      out = tap if out is None else out + tap
-  return out
+  out_hw = ((xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1)
+  return _shifted_sum(xp, kernel, strides, out_hw)
+
+
+def _depthwise_fwd(x, kernel, strides, padding):
+  return depthwise_conv2d(x, kernel, strides, padding), (x, kernel)
+
+
+def _depthwise_bwd(strides, padding, res, g):
+  x, kernel = res
+  kh, kw = kernel.shape[:2]
+  # The transpose is again a depthwise conv: of g dilated by the stride, with
+  # the flipped kernel. The barrier materialises g once; fused, XLA recomputed
+  # g's producers for every tap (~10x slower).
+  g = jax.lax.optimization_barrier(g)
+  pads = [(0, 0, 0)]
+  for n, m, k, s, (lo, hi) in zip(x.shape[1:3], g.shape[1:3], kernel.shape[:2], strides, padding):
+    # Full-correlation padding (k - 1 each side) in padded-input coordinates,
+    # then cropped to x's own pixels [lo, lo + n).
+    before = k - 1 - lo
+    pads.append((before, n + k - 1 - ((m - 1) * s + 1) - before, s - 1))
+  pads.append((0, 0, 0))
+  gp = jax.lax.pad(g, jnp.zeros((), g.dtype), pads)
+  dx = _shifted_sum(gp, jnp.flip(kernel, (0, 1)), (1, 1), x.shape[1:3])
+  _, kernel_vjp = jax.vjp(lambda k: depthwise_conv2d.fun(x, k, strides, padding), kernel)
+  return dx, kernel_vjp(g)[0]
+
+
+depthwise_conv2d.defvjp(_depthwise_fwd, _depthwise_bwd)
 
 
 def space_to_depth_conv2d(x: jax.Array, kernel: jax.Array, stride: int,
@@ -165,17 +197,18 @@ class Conv(nn.Module):
 
 
 def max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-  """VALID max pool as a running maximum over strided slices.
+  """VALID max pool as running maxima over strided slices, rows then columns.
 
-  Same values as `nn.max_pool`; its gradient is elementwise selects instead of
-  XLA's select-and-scatter, which is slow on CPU. (At exact ties the gradient is
-  shared rather than given to one element.)
+  Same values as `nn.max_pool` (max is separable); its gradient is elementwise
+  selects instead of XLA's select-and-scatter, ~4x faster on CPU. (At exact
+  ties the gradient is shared rather than given to one element.)
   """
-  h = (x.shape[1] - window) // stride + 1
-  w = (x.shape[2] - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      tap = x[:, i:i + (h - 1) * stride + 1:stride, j:j + (w - 1) * stride + 1:stride, :]
-      out = tap if out is None else jnp.maximum(out, tap)
-  return out
+  def pool(x, axis):
+    n = (x.shape[axis] - window) // stride + 1
+    taps = [jax.lax.slice_in_dim(x, i, i + (n - 1) * stride + 1, stride, axis)
+            for i in range(window)]
+    out = taps[0]
+    for tap in taps[1:]:
+      out = jnp.maximum(out, tap)
+    return out
+  return pool(pool(x, 1), 2)

@@ -66,15 +66,23 @@ def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = 
   if cache.exists():
     return targets_lib.IdentityFeatures.load(cache)
   log(f"computing target-pool features for {len(names)} identities in {pool_dir} (cached after)")
-  feats = {e: [] for e in cloaker.config.extractors}
-  for n in names:
-    items = [Item(p.name, p.read_bytes()) for p in files[n]]
+  # Batch across identities: pools are many small folders.
+  flat = [(k, p) for k, n in enumerate(names) for p in files[n]]
+  per_id = {e: [[] for _ in names] for e in cloaker.config.extractors}
+  for start in range(0, len(flat), 64):
+    part = flat[start:start + 64]
+    items = [Item(p.name, p.read_bytes()) for _, p in part]
     for it in items:
       cloaker.decode(it)
     cloaker.detect(items)
+    owners = [k for (k, _), it in zip(part, items) if it.faces]
     f = cloaker.identity_features([it for it in items if it.faces])
-    for e in feats:
-      feats[e].append(f[e])
+    for e in per_id:
+      for k, v in zip(owners, f[e]):
+        per_id[e][k].append(v)
+  dim = {e.name: e.embedding_dim for e in cloaker.extractors}
+  feats = {e: [np.stack(v) if v else np.zeros((0, dim[e]), np.float32) for v in per_id[e]]
+           for e in per_id}
   result = targets_lib.IdentityFeatures(names, feats)
   cache_dir.mkdir(parents=True, exist_ok=True)
   tmp = cache.with_suffix(".part.npz")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -398,6 +399,15 @@ def result_of(task: Task, *, target: str | None = None) -> tuple[dict, bytes]:
   return rec, data
 
 
+def error_results(tasks: Sequence[Task], err: BaseException) -> list[tuple[dict, bytes]]:
+  """Inputs copied unchanged with status `error` (not final: a rerun retries them)."""
+  msg = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+  return [({"input": t.rel, "user": t.user, "size": t.size, "sha256": t.sha256,
+            "status": "error", "message": f"{t.rel}: processing failed ({msg}); copied "
+            "unchanged, retried on the next run", "faces": 0, "notes": t.notes,
+            "seconds": 0.0}, t.data) for t in tasks]
+
+
 def process_chunk(cloaker, tasks: Sequence[Task], *, targets: dict, pool=None,
                   max_faces: int = 64) -> tuple[list[tuple[dict, bytes]], dict]:
   """Both stages in-process: (records + bytes, newly chosen targets)."""
@@ -490,7 +500,7 @@ class Job:
     self.done = self.manifest.load()
     # input sha256 -> record of an earlier input with the same bytes and an output.
     self.by_sha = {r["sha256"]: r for r in self.done.values()
-                   if r.get("sha256") and r.get("output") and r["status"] != "duplicate"}
+                   if r.get("sha256") and r.get("output") and r["status"] not in ("duplicate", "error")}
     self.inflight: dict[str, str] = {}  # sha256 -> rel of a task being computed
     self.deferred: dict[str, list] = {}  # sha256 -> duplicates waiting for it
     self.counts: collections.Counter = collections.Counter()
@@ -521,6 +531,8 @@ class Job:
       return False
     if entry.status is not None:
       return rec["status"] == entry.status
+    if rec["status"] in ("error", "write_failed"):
+      return False
     if entry.size is not None and rec.get("size") is not None and rec["size"] != entry.size:
       return False
     if not rec.get("output"):
@@ -536,16 +548,30 @@ class Job:
   def record(self, rec: dict, data: bytes | None) -> None:
     """Writes the output (atomic rename), then its manifest record (fsync)."""
     if data is not None:
-      out = self.dst / rec["input"]
-      photo_io.atomic_write(out, data)
+      try:
+        photo_io.atomic_write(self.dst / rec["input"], data)
+      except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+          raise  # the disk, not the photo: stop; a rerun resumes here
+        # e.g. archive members "a" and "a/b": the path cannot exist in DST.
+        rec.update(status="write_failed", output=None, message=(
+            f"{rec['input']}: cannot be written to DST ({e.strerror}); retried on the next run"))
+        self._append(rec)
+        for dup in self.deferred.pop(rec.get("sha256"), []):
+          self._append({**error_results([dup], e)[0][0], "output": None})
+        return
       rec.update(output=rec["input"], size_out=len(data), sha256_out=sha256_bytes(data))
     else:
       rec.setdefault("output", None)
     self._append(rec)
     sha = rec.get("sha256")
     if data is not None and rec["status"] != "duplicate" and sha:
-      self.by_sha.setdefault(sha, rec)
       self.inflight.pop(sha, None)
+      if rec["status"] == "error":  # same bytes, same failure: copy and retry next run
+        for dup in self.deferred.pop(sha, []):
+          self.record(error_results([dup], RuntimeError(f"as {rec['input']}"))[0][0], data)
+        return
+      self.by_sha.setdefault(sha, rec)
       for dup in self.deferred.pop(sha, []):
         self.duplicate(dup, rec)
 
@@ -716,32 +742,58 @@ class Job:
 
 def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
             make_cloaker: Callable[[], object] | None = None, pool_dir: Path | None = None,
-            progress: bool | None = None, log: Callable[[str], None] = print,
+            pool=None, progress: bool | None = None, log: Callable[[str], None] = print,
             log_every: float = 30.0) -> dict:
   """Migrates SRC into DST in-process; returns the run's summary.
 
   Args:
     make_cloaker: builds the Cloaker (called only if some photo needs computing).
     pool_dir: target pool (identity folders), needed in targeted mode.
+    pool: or its precomputed `targets.IdentityFeatures`.
     progress: a tqdm bar (True), log lines (False), or by whether stderr is a terminal.
   """
   t0 = time.time()
   job = Job(src, dst, config, options, log=log)
   tty = sys.stderr.isatty() if progress is None else progress
   job.progress = Progress(count_entries(job.src), tty=tty, log=log, every=log_every)
-  cloaker = pool = None
+  cloaker = None
   for chunk in job.chunks(job.tasks()):
     if cloaker is None:
       cloaker = make_cloaker() if make_cloaker else _default_cloaker(config)
-      if options.detect_side:
-        cloaker.detector.max_side = options.detect_side
-      if config.mode == "targeted":
+      set_detect_side(cloaker, options.detect_side)
+      if config.mode == "targeted" and pool is None:
         pool = _pool(cloaker, pool_dir, log)
-    results, new = process_chunk(cloaker, chunk, targets=job.state.targets, pool=pool,
-                                 max_faces=options.max_faces)
-    job.save_targets(new)  # before any output that used them
-    job.write_results(results)
+    for results, new in _isolating_failures(cloaker, chunk, job.state.targets, pool, options):
+      job.save_targets(new)  # before any output that used them
+      job.write_results(results)
   return job.finish(time.time() - t0)
+
+
+def _isolating_failures(cloaker, chunk, targets, pool, options):
+  """Processes a chunk; if it fails, each photo alone, so one bad photo fails alone."""
+  notes = [list(t.notes) for t in chunk]
+  try:
+    yield process_chunk(cloaker, chunk, targets=targets, pool=pool, max_faces=options.max_faces)
+    return
+  except MigrateError:
+    raise
+  except Exception:
+    if len(chunk) == 1:
+      yield error_results(chunk, sys.exc_info()[1]), {}
+      return
+  for t, n in zip(chunk, notes):
+    t.notes, t.seconds = n, 0.0
+    try:
+      yield process_chunk(cloaker, [t], targets=targets, pool=pool, max_faces=options.max_faces)
+    except MigrateError:
+      raise
+    except Exception as e:  # an engine bug must not stop the archive: copy, record, go on
+      yield error_results([t], e), {}
+
+
+def set_detect_side(cloaker, side: int | None) -> None:
+  from jaxcloak.faces import detect
+  cloaker.detector.max_side = side or detect.MAX_SIDE
 
 
 def _default_cloaker(config):
@@ -799,6 +851,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="run on a Ray cluster ('auto' = the cluster this node belongs to)")
   p.add_argument("--ray-cloak-actors", type=int, help="cloak actors (default: one per GPU, "
                  "or 2 on a CPU-only cluster)")
+  p.add_argument("--ray-fault-drill", type=int, metavar="N", help="testing: kill one busy "
+                 "cloak actor after N chunks (it must restart and its chunk be retried)")
   p.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines "
                  "when stderr is not a terminal")
   p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -845,7 +899,7 @@ def run(args) -> int:
           cloak_actors=args.ray_cloak_actors, weights_dir=args.weights_dir,
           strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, pool_dir=args.pool,
           compile_cache=args.compile_cache, progress=False if args.quiet else None, log=log,
-          log_every=args.log_every)
+          log_every=args.log_every, kill_actor_after=args.ray_fault_drill)
     else:
       summary = migrate(args.src, args.dst, config, options=options, make_cloaker=make_cloaker,
                         pool_dir=args.pool, progress=False if args.quiet else None, log=log,

@@ -36,7 +36,7 @@ def native_detector(params):
 
 @pytest.fixture(scope="module")
 def detector(params):
-  return detect.Detector(params, max_side=640)
+  return detect.Detector(params, max_side=640, upscale=True)
 
 
 @pytest.fixture(scope="module")

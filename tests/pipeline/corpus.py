@@ -111,7 +111,7 @@ def build(src: Path, faces_dir: Path) -> dict[str, str]:
   b = io.BytesIO()
   noise(48, 9).save(b, "GIF")
   add("odd/static.gif", b.getvalue(), "unsupported_format")
-  heic = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00mif1heic" + os.urandom(200)
+  heic = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00mif1heic" + bytes(range(200))
   add("odd/phone.heic", heic, "unsupported_format")
   b = io.BytesIO()
   noise(64, 4).save(b, "AVIF")

@@ -1,0 +1,142 @@
+"""`jaxcloak eval DATA --pool POOL -o REPORT/`: flags -> Settings -> experiments -> report.
+
+`--quick` is a CI-sized run (2 users, 6 cloaked photos each, 10 steps, 10
+identities, the dlib pair); any size flag given explicitly overrides it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, background=5,
+             users=2, train_per_user=6, min_test=2, preset="low", steps=10,
+             user_models=("dlib",), trackers=("dlib",), kinds=("probe", "knn"), probe_steps=200,
+             budgets=(0.004, 0.012), transforms=("blur:1", "noise:0.02", "jpeg:50", "augment"),
+             augment_copies=1, adaptive_photos=1, finetune_epochs=1)
+
+_LISTS = {  # flag -> (field, item parser); user models are separated by ';' or ','
+    "user_models": ("user_models", str), "trackers": ("trackers", str), "kinds": ("kinds", str),
+    "experiments": ("experiments", str), "budgets": ("budgets", float),
+    "leaks": ("leaks", float), "transforms": ("transforms", str), "user_names": ("user_names", str),
+}
+_SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos", "background",
+            "users", "train_per_user", "min_test", "preset", "steps", "batch_size", "probe_steps",
+            "knn_k", "robust_eps", "robust_crop_eps", "pgd_steps", "adaptive_photos", "finetune_epochs",
+            "augment_copies", "weights_dir", "insightface_root")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+  """Adds the `eval` subcommand to a CLI's subparsers."""
+  from jaxcloak.config import PRESETS
+  from jaxcloak.eval.experiments import EXPERIMENTS
+  p = subparsers.add_parser(
+      "eval", help="measure protection: trackers, PSR matrix, robustness, detection",
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("data", type=Path, help="folder of identity subfolders (users + other identities)")
+  p.add_argument("--pool", type=Path, required=True,
+                 help="folder of identity subfolders: target pool and background identities")
+  p.add_argument("-o", "--output", type=Path, required=True, help="report folder")
+  p.add_argument("--quick", action="store_true", help="CI-sized run (minutes on a CPU)")
+  g = p.add_argument_group("sizes")
+  g.add_argument("--users", type=int, help="protected users, each in turn (default 10)")
+  g.add_argument("--user-names", help="comma list of DATA identities to protect")
+  g.add_argument("--train-per-user", type=int, help="cloaked train photos per user (default 10)")
+  g.add_argument("--min-test", type=int, help="least clean test photos a user needs (default 3)")
+  g.add_argument("--identities", type=int, help="DATA identities to use (default all)")
+  g.add_argument("--max-photos", type=int, help="photos per DATA identity (default 40)")
+  g.add_argument("--pool-identities", type=int, help="pool identities to load (default 200)")
+  g.add_argument("--pool-photos", type=int, help="photos per pool identity (default 5)")
+  g.add_argument("--background", type=int, help="pool identities added as tracker classes")
+  g = p.add_argument_group("cloak")
+  g.add_argument("--preset", choices=sorted(PRESETS), help="cloak preset (default mid)")
+  g.add_argument("--steps", type=int, help="optimisation steps (default: the preset's)")
+  g.add_argument("--batch-size", type=int)
+  g.add_argument("--user-models",
+                 help="';'- or ','-separated user-side extractors; '+' joins an ensemble "
+                      "(default dlib,facenet,sface,dlib+facenet+sface); the first is the base")
+  g.add_argument("--budgets", help="comma list of DSSIM budgets for the budget curve")
+  g = p.add_argument_group("trackers")
+  g.add_argument("--trackers",
+                 help="comma list of tracker extractors: dlib, facenet, sface, or "
+                      "insightface:<pack name or .onnx path> (default dlib,facenet,sface)")
+  g.add_argument("--kinds", help="comma list of probe,knn (default both)")
+  g.add_argument("--probe-steps", type=int)
+  g.add_argument("--knn-k", type=int)
+  g.add_argument("--robust-eps", type=float, help="PGD radius on unit features (default 0.1)")
+  g.add_argument("--robust-crop-eps", type=float,
+                 help="also train a probe against L-inf PGD on the crop pixels through the "
+                      "extractor (expensive; e.g. 0.0157 = 4/255; default off)")
+  g.add_argument("--pgd-steps", type=int)
+  g.add_argument("--adaptive-photos", type=int,
+                 help="photos per other identity the adaptive tracker cloaks (default 3)")
+  g.add_argument("--finetune-epochs", type=int)
+  g.add_argument("--insightface-root", help="insightface model root (default ~/.insightface)")
+  g = p.add_argument_group("experiments")
+  g.add_argument("--experiments", help=f"comma list from {','.join(EXPERIMENTS)} (default all)")
+  g.add_argument("--leaks", help="comma list of leaked fractions (default 0,0.2,0.5)")
+  g.add_argument("--transforms", help="comma list: blur:SIGMA, noise:SIGMA, jpeg:QUALITY, augment")
+  g.add_argument("--augment-copies", type=int)
+  p.add_argument("--seed", type=int)
+  p.add_argument("--weights-dir")
+  p.add_argument("--quiet", action="store_true")
+  return p
+
+
+def settings_from_args(args):
+  from jaxcloak.eval.experiments import Settings
+  values = dict(QUICK) if args.quick else {}
+  for flag, (field, parse) in _LISTS.items():
+    v = getattr(args, flag, None)
+    if v:
+      sep = ";" if flag == "user_models" and ";" in v else ","
+      values[field] = tuple(parse(x.strip()) for x in v.split(sep) if x.strip())
+  for field in _SCALARS:
+    v = getattr(args, field, None)
+    if v is not None:
+      values[field] = v
+  return Settings(data=args.data, pool=args.pool, **values)
+
+
+def run(args) -> int:
+  from jaxcloak.eval import report
+  from jaxcloak.eval.experiments import Evaluation
+  for folder, what in ((args.data, "DATA"), (args.pool, "--pool")):
+    if not Path(folder).is_dir():
+      print(f"error: {what} {folder} is not a folder of identity subfolders", file=sys.stderr)
+      return 2
+  try:
+    settings = settings_from_args(args)
+  except (ValueError, KeyError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+  ev = Evaluation(settings, log=log)
+  try:
+    records = ev.run()
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  argv = getattr(args, "argv", None) or sys.argv[1:]
+  command = "jaxcloak " + " ".join(shlex.quote(str(a)) for a in argv)
+  report.write(args.output, records, ev.info, dataclasses.asdict(settings), command=command)
+  log(f"report written to {args.output}/report.md ({ev.info.get('seconds')} s)")
+  return 0
+
+
+def main(argv=None) -> int:
+  """Standalone entry (`python -m jaxcloak.eval.cli ...`) until the main CLI wires `eval` in."""
+  parser = argparse.ArgumentParser(prog="jaxcloak")
+  sub = parser.add_subparsers(dest="command", required=True)
+  add_parser(sub)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  args = parser.parse_args(argv)
+  args.argv = argv
+  return run(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,458 @@
+"""The evaluation experiments (Fawkes §5-§8), as records of counts and rates.
+
+Setup, for each protected user U among DATA's identities: U's photos split
+into a train part (cloaked by jaxcloak) and a clean test part. The tracker
+trains on U's train part as written to disk (cloaked), every other DATA
+identity's clean train photos, and optionally background identities from the
+pool; it then classifies U's clean test photos (PSR) and the other
+identities' test photos (normal accuracy).
+
+Experiments: `matrix` (user model x tracker extractor), `budget` (PSR vs DSSIM
+budget, Fig. 16), `leakage` (share of U's tracker photos left uncloaked),
+`transforms` (blur / noise / JPEG / augmentation of the tracker's photos),
+`robust` (probe adversarially trained with PGD on its input features),
+`adaptive` (the tracker adds cloaked photos of identities it knows to its
+training set, Radiya-Dixit et al. 2022), `finetune` (the extractor's last
+layers trained too) and `detection` (§8.2, with and without mitigations).
+Every record carries the counts behind its rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from jaxcloak.config import CloakConfig, preset
+from jaxcloak.eval import dataset, metrics, trackers
+from jaxcloak.eval import transforms as transforms_lib
+from jaxcloak.eval.cloaking import CloakRunner, Cloaked, config_label, pool_identity_features
+from jaxcloak.eval.dataset import Sample
+
+EXPERIMENTS = ("matrix", "budget", "leakage", "transforms", "robust", "adaptive", "finetune",
+               "detection")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  data: Path
+  pool: Path
+  seed: int = 0
+  # Data sizes.
+  identities: int | None = None  # DATA identities used (None = all)
+  max_photos: int | None = 40  # photos per DATA identity
+  pool_identities: int | None = 200  # target-pool identities (None = all)
+  pool_photos: int | None = 5  # photos per pool identity
+  background: int = 0  # pool identities added to the tracker as extra classes
+  users: int = 10
+  user_names: tuple[str, ...] = ()
+  train_per_user: int = 10
+  min_test: int = 3
+  # Cloak settings.
+  preset: str = "mid"
+  steps: int | None = None
+  batch_size: int = 8
+  user_models: tuple[str, ...] = ("dlib", "facenet", "sface", "dlib+facenet+sface")
+  # Trackers.
+  trackers: tuple[str, ...] = ("dlib", "facenet", "sface")
+  kinds: tuple[str, ...] = ("probe", "knn")
+  probe_steps: int = 300
+  knn_k: int = 3
+  robust_eps: float = 0.1  # L2 on unit features; same-identity spread is ~0.4-0.6
+  pgd_steps: int = 5
+  robust_crop_eps: float = 0.0  # >0 adds the crop-pixel PGD tracker (expensive), e.g. 4/255
+  adaptive_photos: int = 3  # per non-user identity, cloaked for the adaptive tracker
+  finetune_epochs: int = 3
+  # Experiments.
+  experiments: tuple[str, ...] = EXPERIMENTS
+  budgets: tuple[float, ...] = (0.002, 0.004, 0.007, 0.012, 0.017)
+  leaks: tuple[float, ...] = (0.0, 0.2, 0.5)
+  transforms: tuple[str, ...] = ("blur:1", "blur:2", "noise:0.02", "noise:0.05", "jpeg:90",
+                                 "jpeg:70", "jpeg:50", "jpeg:30", "augment")
+  augment_copies: int = 2
+  weights_dir: str | None = None
+  insightface_root: str = "~/.insightface"
+
+  def base_config(self, models: str | None = None, **overrides) -> CloakConfig:
+    extra = {"steps": self.steps} if self.steps is not None else {}
+    extra.update(overrides)
+    return preset(self.preset, extractors=tuple((models or self.user_models[0]).split("+")),
+                  batch_size=self.batch_size, seed=self.seed, **extra)
+
+
+class FeatureStore:
+  """Embeds samples per tracker extractor, caching by sample key."""
+
+  def __init__(self, settings: Settings):
+    self.settings = settings
+    self.embedders: dict[str, object] = {}
+    self.cache: dict[tuple[str, str], np.ndarray] = {}
+
+  def embedder(self, spec: str):
+    if spec not in self.embedders:
+      self.embedders[spec] = trackers.make_embedder(
+          spec, weights_dir=self.settings.weights_dir,
+          insightface_root=self.settings.insightface_root)
+    return self.embedders[spec]
+
+  def __call__(self, spec: str, samples: Sequence[Sample]) -> np.ndarray:
+    missing = {s.key: s for s in samples if (spec, s.key) not in self.cache}
+    if missing:
+      todo = list(missing.values())
+      feats = self.embedder(spec)([s.rgb for s in todo], [s.landmarks for s in todo])
+      for s, f in zip(todo, feats):
+        self.cache[(spec, s.key)] = f
+    if not samples:
+      return np.zeros((0, 1), np.float32)
+    return np.stack([self.cache[(spec, s.key)] for s in samples])
+
+
+class Evaluation:
+  """Holds the loaded data and runs the experiments; `records` collects results."""
+
+  def __init__(self, settings: Settings, *, log: Callable[[str], None] = print):
+    self.s = settings
+    self.t0 = time.time()
+    self._log = log
+    self.records: list[dict] = []
+    self.info: dict = {}
+    self._cloaked: dict = {}
+
+  def log(self, msg: str) -> None:
+    self._log(f"[{time.time() - self.t0:7.1f}s] {msg}")
+
+  # -- setup -------------------------------------------------------------------
+
+  def load(self) -> None:
+    from jaxcloak.faces.detect import Detector
+    s = self.s
+    self.detector = Detector(weights_dir=s.weights_dir)
+    data_ids = dataset.scan(s.data)
+    need = s.train_per_user + s.min_test
+    chosen = dataset.subsample(data_ids, max_identities=s.identities, max_photos=s.max_photos,
+                               keep=s.user_names, seed=s.seed)
+    self.samples, dropped = dataset.load_samples(self.detector, chosen, prefix="data",
+                                                 log=self.log)
+    self.users = dataset.pick_users(self.samples, n=s.users, train_per_user=s.train_per_user,
+                                    min_test=s.min_test, seed=s.seed, names=s.user_names)
+    self.splits = dataset.split_identities(self.samples, self.users,
+                                           train_per_user=s.train_per_user, seed=s.seed)
+    pool_ids = {k: v for k, v in dataset.scan(s.pool).items() if k not in self.samples}
+    pool_chosen = dataset.subsample(pool_ids, max_identities=s.pool_identities,
+                                    max_photos=s.pool_photos, seed=s.seed + 1)
+    self.pool_samples, pool_dropped = dataset.load_samples(self.detector, pool_chosen,
+                                                           prefix="pool", log=self.log)
+    if not self.pool_samples:
+      raise ValueError(f"no usable identity in the pool {s.pool}")
+    rng = np.random.default_rng(s.seed + 2)
+    names = sorted(self.pool_samples)
+    self.background = sorted(rng.choice(names, size=min(s.background, len(names)),
+                                        replace=False).tolist()) if s.background else []
+    self.classes = sorted(self.samples) + self.background
+    self.label = {n: i for i, n in enumerate(self.classes)}
+    self.features = FeatureStore(s)
+    cloak_models = sorted({m for um in s.user_models for m in um.split("+")})
+    self.log(f"target-pool features for {len(self.pool_samples)} identities ({', '.join(cloak_models)})")
+    pool = pool_identity_features(cloak_models, self.pool_samples, self.features)
+    self.runner = CloakRunner(pool=pool, detector=self.detector, weights_dir=s.weights_dir,
+                              log=self.log)
+    self.info.update({
+        "data": str(s.data), "pool": str(s.pool),
+        "data_identities": len(self.samples),
+        "data_photos": sum(len(v) for v in self.samples.values()),
+        "data_dropped": dropped, "pool_identities": len(self.pool_samples),
+        "pool_photos": sum(len(v) for v in self.pool_samples.values()),
+        "pool_dropped": pool_dropped, "background_identities": len(self.background),
+        "users": self.users, "tracker_classes": len(self.classes),
+        "train_photos_per_user": s.train_per_user,
+        "test_photos_per_user": {u: len(self.splits[u].test) for u in self.users},
+    })
+    self.log(f"{len(self.samples)} identities, users: {', '.join(self.users)}; "
+             f"{len(self.classes)} tracker classes")
+
+  # -- pieces --------------------------------------------------------------------
+
+  def cloak(self, config: CloakConfig, user: str) -> list[Cloaked]:
+    """U's train photos as cloaked with config (every user is cloaked on first use)."""
+    if config not in self._cloaked:
+      groups = {u: self.splits[u].train for u in self.users}
+      t = time.time()
+      self.log(f"cloaking {sum(map(len, groups.values()))} photos of {len(groups)} users "
+               f"[{config_label(config)}]")
+      self._cloaked[config] = self.runner.cloak_users(config, groups)
+      self.log(f"  done in {time.time() - t:.1f}s")
+    return self._cloaked[config][user]
+
+  def cloaked_samples(self, config: CloakConfig, user: str) -> list[Sample]:
+    return [c.sample for c in self.cloak(config, user) if c.sample is not None]
+
+  def _train_set(self, user: str, user_train: Sequence[Sample]) -> tuple[list[Sample], list[int]]:
+    xs, ys = list(user_train), [self.label[user]] * len(user_train)
+    for n in sorted(self.samples):
+      if n != user:
+        xs += self.splits[n].train
+        ys += [self.label[n]] * len(self.splits[n].train)
+    for n in self.background:
+      xs += self.pool_samples[n]
+      ys += [self.label[n]] * len(self.pool_samples[n])
+    return xs, ys
+
+  def _test_sets(self, user: str) -> tuple[list[Sample], list[Sample], list[int]]:
+    others, labels = [], []
+    for n in sorted(self.samples):
+      if n != user:
+        others += self.splits[n].test
+        labels += [self.label[n]] * len(self.splits[n].test)
+    return self.splits[user].test, others, labels
+
+  def track(self, tracker: str, kind: str, user: str, user_train: Sequence[Sample], *,
+            extra: Sequence[tuple[Sample, int]] = (),
+            transform: transforms_lib.Transform | None = None) -> dict:
+    """Trains one tracker and returns PSR on U's clean test photos and accuracy on others."""
+    s = self.s
+    xs, ys = self._train_set(user, user_train)
+    xs += [e[0] for e in extra]
+    ys += [e[1] for e in extra]
+    u_test, o_test, o_labels = self._test_sets(user)
+    if transform is not None:
+      xs = self._transformed(transform, xs, train=True)
+      ys = [y for y in ys for _ in range(self._copies(transform))]
+      if not transform.train_only:
+        u_test = self._transformed(transform, u_test, train=False)
+        o_test = self._transformed(transform, o_test, train=False)
+    y = np.asarray(ys, np.int64)
+    n_classes = len(self.classes)
+    seed = s.seed
+    if kind in ("finetune", "robust-crop"):
+      emb = self.features.embedder(tracker)
+      if not isinstance(emb, trackers.PortedEmbedder):
+        raise ValueError(f"the {kind} tracker needs a ported (JAX) extractor")
+      crop = lambda ss: emb.crops([x.rgb for x in ss], [x.landmarks for x in ss])
+      if kind == "finetune":
+        clf = trackers.FineTuned(emb, epochs=s.finetune_epochs, seed=seed)
+      else:
+        clf = trackers.CropRobustProbe(emb, eps=s.robust_crop_eps, pgd_steps=s.pgd_steps,
+                                       probe_steps=s.probe_steps, seed=seed)
+      clf.fit(crop(xs), y, n_classes)
+      pu, po = clf.predict(crop(u_test)), clf.predict(crop(o_test))
+    else:
+      clf = trackers.make_classifier(kind, seed=seed, probe_steps=s.probe_steps, knn_k=s.knn_k,
+                                     adversarial_eps=s.robust_eps, pgd_steps=s.pgd_steps)
+      clf.fit(self.features(tracker, xs), y, n_classes)
+      pu = clf.predict(self.features(tracker, u_test))
+      po = clf.predict(self.features(tracker, o_test))
+    return {"psr": metrics.psr(pu, self.label[user]), "acc": metrics.accuracy(po, o_labels),
+            "train_user_photos": len(user_train), "train_photos": len(xs)}
+
+  def _copies(self, t: transforms_lib.Transform) -> int:
+    return 1 + self.s.augment_copies if t.kind == "augment" else 1
+
+  def _transformed(self, t: transforms_lib.Transform, samples: Sequence[Sample], *,
+                   train: bool) -> list[Sample]:
+    out = []
+    for x in samples:
+      if t.kind == "augment":
+        out.append(x)  # the original plus random copies
+        for c in range(self.s.augment_copies):
+          rgb, lm = transforms_lib.apply(t, x.rgb, x.landmarks, seed=_seed(self.s.seed, x.key, c))
+          out.append(dataclasses.replace(x, key=f"{t.label}#{c}|{x.key}", rgb=rgb, landmarks=lm))
+      else:
+        rgb, lm = transforms_lib.apply(t, x.rgb, x.landmarks, seed=_seed(self.s.seed, x.key, 0))
+        out.append(dataclasses.replace(x, key=f"{t.label}|{x.key}", rgb=rgb, landmarks=lm))
+    return out
+
+  def record(self, experiment: str, config: CloakConfig | None, setting: str, user: str,
+             tracker: str, kind: str, result: dict, **extra) -> None:
+    rec = {"experiment": experiment, "config": config_label(config) if config else "none (clean)",
+           "setting": setting, "user": user, "tracker": tracker, "kind": kind,
+           "psr": result["psr"].value, "psr_k": result["psr"].k, "psr_n": result["psr"].n,
+           "acc": result["acc"].value, "acc_k": result["acc"].k, "acc_n": result["acc"].n,
+           "train_user_photos": result["train_user_photos"], "train_photos": result["train_photos"]}
+    rec.update(extra)
+    self.records.append(rec)
+
+  def quality(self, experiment: str, config: CloakConfig) -> None:
+    rows = [c for u in self.users for c in self.cloak(config, u)]
+    d = [c.dssim for c in rows if c.dssim is not None]
+    p = [c.psnr for c in rows if c.psnr is not None and np.isfinite(c.psnr)]
+    fs = [c.feature_shift for c in rows if c.feature_shift is not None and c.dssim is not None]
+    statuses: dict[str, int] = {}
+    for c in rows:
+      statuses[c.status] = statuses.get(c.status, 0) + 1
+    self.records.append({
+        "experiment": "quality", "for": experiment, "config": config_label(config),
+        "budget": config.budget, "steps": config.steps, "photos": len(rows),
+        "cloaked": len(d), "statuses": statuses,
+        "redetected": sum(1 for c in rows if c.sample is not None and len(c.sample.scores)),
+        "dssim_mean": float(np.mean(d)) if d else None, "dssim_max": float(np.max(d)) if d else None,
+        "psnr_mean": float(np.mean(p)) if p else None,
+        "feature_shift_mean": float(np.mean(fs)) if fs else None,
+        "seconds_per_photo": float(np.mean([c.seconds for c in rows])) if rows else None,
+        "targets": sorted({c.target for c in rows if c.target})})
+
+  # -- experiments ---------------------------------------------------------------
+
+  def run(self) -> list[dict]:
+    s = self.s
+    unknown = set(s.experiments) - set(EXPERIMENTS)
+    if unknown:
+      raise ValueError(f"unknown experiments: {', '.join(sorted(unknown))}")
+    if not hasattr(self, "samples"):
+      self.load()
+    for name in EXPERIMENTS:
+      if name in s.experiments:
+        t = time.time()
+        self.log(f"experiment {name}")
+        getattr(self, f"exp_{name}")()
+        self.info.setdefault("experiment_seconds", {})[name] = round(time.time() - t, 1)
+    self.info["seconds"] = round(time.time() - self.t0, 1)
+    return self.records
+
+  def exp_matrix(self) -> None:
+    s = self.s
+    for u in self.users:
+      for tr in s.trackers:
+        for kind in s.kinds:
+          self.record("matrix", None, "no cloak", u, tr, kind,
+                      self.track(tr, kind, u, self.splits[u].train))
+    for models in s.user_models:
+      config = s.base_config(models)
+      for u in self.users:
+        cloaked = self.cloaked_samples(config, u)
+        for tr in s.trackers:
+          for kind in s.kinds:
+            self.record("matrix", config, f"user model {models}", u, tr, kind,
+                        self.track(tr, kind, u, cloaked), user_model=models)
+      self.quality("matrix", config)
+
+  def exp_budget(self) -> None:
+    s = self.s
+    for b in s.budgets:
+      config = s.base_config(budget=b)
+      for u in self.users:
+        cloaked = self.cloaked_samples(config, u)
+        for tr in s.trackers:
+          for kind in s.kinds:
+            self.record("budget", config, f"budget {b:g}", u, tr, kind,
+                        self.track(tr, kind, u, cloaked), budget=b)
+      self.quality("budget", config)
+
+  def exp_leakage(self) -> None:
+    s = self.s
+    config = s.base_config()
+    for u in self.users:
+      pairs = [(c.sample, c.source) for c in self.cloak(config, u) if c.sample is not None]
+      order = np.random.default_rng([s.seed, 7]).permutation(len(pairs))
+      for leak in s.leaks:
+        k = int(round(leak * len(pairs)))
+        leaked = set(order[:k].tolist())
+        train = [src if i in leaked else clk for i, (clk, src) in enumerate(pairs)]
+        for tr in s.trackers:
+          for kind in s.kinds:
+            self.record("leakage", config, f"leak {leak:g}", u, tr, kind,
+                        self.track(tr, kind, u, train), leak=leak, leaked=k)
+
+  def exp_transforms(self) -> None:
+    s = self.s
+    config = s.base_config()
+    ts = [transforms_lib.parse(t) for t in s.transforms]
+    for u in self.users:
+      cloaked = self.cloaked_samples(config, u)
+      for tr in s.trackers:
+        for kind in s.kinds:
+          self.record("transforms", config, "none", u, tr, kind, self.track(tr, kind, u, cloaked),
+                      transform="none")
+          for t in ts:
+            # The tracker's normal accuracy under the transform comes with the same run.
+            self.record("transforms", config, t.label, u, tr, kind,
+                        self.track(tr, kind, u, cloaked, transform=t), transform=t.label)
+
+  def exp_robust(self) -> None:
+    s = self.s
+    config = s.base_config()
+    for u in self.users:
+      cloaked = self.cloaked_samples(config, u)
+      for tr in s.trackers:
+        kinds = [("probe", "standard probe"),
+                 ("robust", f"PGD on probe input features, L2 eps {s.robust_eps:g}")]
+        if s.robust_crop_eps > 0 and not tr.startswith(trackers.INSIGHTFACE_PREFIX):
+          kinds.append(("robust-crop", f"PGD on crop pixels, Linf eps {s.robust_crop_eps:.4g}"))
+        for kind, setting in kinds:
+          self.record("robust", config, setting, u, tr, kind, self.track(tr, kind, u, cloaked))
+
+  def exp_adaptive(self) -> None:
+    s = self.s
+    config = s.base_config()
+    # The tracker has the cloaking tool: it cloaks photos of identities it can
+    # label (other users, and a few photos of every other identity) and trains
+    # on them with their true labels.
+    own = {}
+    if s.adaptive_photos:
+      groups = {n: self.splits[n].train[:s.adaptive_photos] for n in sorted(self.samples)
+                if n not in self.users}
+      self.log(f"cloaking {sum(map(len, groups.values()))} photos of {len(groups)} other "
+               f"identities for the adaptive tracker")
+      own = self.runner.cloak_users(config, groups)
+    for u in self.users:
+      extra: list[tuple[Sample, int]] = []
+      for v in self.users:
+        if v != u:
+          extra += [(x, self.label[v]) for x in self.cloaked_samples(config, v)]
+      for n, got in own.items():
+        if n != u:
+          extra += [(c.sample, self.label[n]) for c in got if c.sample is not None]
+      cloaked = self.cloaked_samples(config, u)
+      for tr in s.trackers:
+        for kind in s.kinds:
+          self.record("adaptive", config, "standard", u, tr, kind, self.track(tr, kind, u, cloaked))
+          self.record("adaptive", config, "adaptive (+cloaked labelled photos)", u, tr, kind,
+                      self.track(tr, kind, u, cloaked, extra=extra), adaptive_extra=len(extra))
+
+  def exp_finetune(self) -> None:
+    s = self.s
+    config = s.base_config()
+    for u in self.users:
+      cloaked = self.cloaked_samples(config, u)
+      for tr in s.trackers:
+        if tr.startswith(trackers.INSIGHTFACE_PREFIX):
+          continue
+        t = time.time()
+        self.record("finetune", config, f"last layers {','.join(trackers.FINETUNE_LAYERS[tr])} "
+                    f"+ head, {s.finetune_epochs} epochs", u, tr, "finetune",
+                    self.track(tr, "finetune", u, cloaked), seconds=round(time.time() - t, 1))
+
+  def exp_detection(self) -> None:
+    s = self.s
+    variants = [("none", {}), ("stop 0.2", {"stop_fraction": 0.2}),
+                ("average target", {"target_choice": "average"}),
+                ("stop 0.2 + average target", {"stop_fraction": 0.2, "target_choice": "average"})]
+    for name, overrides in variants:
+      config = s.base_config(**overrides)
+      for u in self.users:
+        rows = [c for c in self.cloak(config, u) if c.sample is not None]
+        target = next((c.target for c in rows if c.target), None)
+        for tr in s.trackers:
+          cl = self.features(tr, [c.sample for c in rows])
+          others = [self.features(tr, self.splits[n].train + self.splits[n].test)
+                    for n in sorted(self.samples) if n != u]
+          rec = {"experiment": "detection", "config": config_label(config), "setting": name,
+                 "user": u, "tracker": tr, "target": target, "cloaked_photos": len(rows)}
+          if target is not None and target in self.pool_samples:
+            tf = self.features(tr, self.pool_samples[target])
+            rec["without_originals"] = metrics.target_proximity(cl, tf, others)
+            rec["target_photos"] = len(tf)
+          clean = self.features(tr, self.splits[u].test)
+          mixed = np.concatenate([cl, clean])
+          mask = np.r_[np.ones(len(cl), bool), np.zeros(len(clean), bool)]
+          rec["with_originals"] = metrics.cluster_split(mixed, others, cloaked_mask=mask)
+          rec["clean_photos"] = len(clean)
+          self.records.append(rec)
+      self.quality("detection", config)
+
+
+def _seed(seed: int, key: str, copy: int) -> list[int]:
+  import zlib
+  return [seed, zlib.crc32(key.encode()), copy]

@@ -1,0 +1,325 @@
+"""The evaluation report: report.md (tables), results.jsonl (records), PNG plots.
+
+Every rate in a table comes with the counts behind it: PSR as mean +- std
+over users and the pooled count (photos not recognised / test photos).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from jaxcloak.eval.metrics import summarize
+
+
+def _f(x, nd: int = 2) -> str:
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return "n/a"
+  return f"{x:.{nd}f}"
+
+
+def aggregate(records: Sequence[dict], experiment: str,
+              keys=("config", "setting", "tracker", "kind")) -> list[dict]:
+  """Groups one experiment's per-user records; mean/std over users plus pooled counts."""
+  groups: "OrderedDict[tuple, list]" = OrderedDict()
+  for r in records:
+    if r.get("experiment") == experiment and "psr_n" in r:
+      groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+  out = []
+  for key, rs in groups.items():
+    p, a = summarize([r["psr"] for r in rs]), summarize([r["acc"] for r in rs])
+    row = dict(zip(keys, key))
+    row.update({"users": len(rs), "psr_mean": p["mean"], "psr_std": p["std"],
+                "psr_k": sum(r["psr_k"] for r in rs), "psr_n": sum(r["psr_n"] for r in rs),
+                "acc_mean": a["mean"], "acc_std": a["std"],
+                "acc_k": sum(r["acc_k"] for r in rs), "acc_n": sum(r["acc_n"] for r in rs)})
+    for extra in ("budget", "leak", "transform", "user_model"):
+      if extra in rs[0]:
+        row[extra] = rs[0][extra]
+    out.append(row)
+  return out
+
+
+def _rate_cells(row) -> list[str]:
+  return [f"{_f(row['psr_mean'])} +- {_f(row['psr_std'])}", f"{row['psr_k']}/{row['psr_n']}",
+          f"{_f(row['acc_mean'])}", f"{row['acc_k']}/{row['acc_n']}", str(row["users"])]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+  return "\n".join(lines)
+
+
+RATE_HEADER = ["PSR mean +- std", "not recognised / U test photos", "other-ID acc",
+               "correct / other test photos", "users"]
+
+
+def _psr_section(records, experiment: str, title: str, note: str) -> str:
+  rows = aggregate(records, experiment)
+  if not rows:
+    return ""
+  body = _table(["cloak config", "setting", "tracker", "kind"] + RATE_HEADER,
+                [[r["config"], r["setting"], r["tracker"], r["kind"]] + _rate_cells(r)
+                 for r in rows])
+  return f"## {title}\n\n{note}\n\n{body}\n"
+
+
+def _matrix_section(records) -> str:
+  rows = aggregate(records, "matrix")
+  if not rows:
+    return ""
+  trackers = list(OrderedDict.fromkeys(r["tracker"] for r in rows))
+  kinds = list(OrderedDict.fromkeys(r["kind"] for r in rows))
+  settings = list(OrderedDict.fromkeys((r["setting"], r["config"]) for r in rows))
+  by = {(r["setting"], r["tracker"], r["kind"]): r for r in rows}
+  out = ["## PSR matrix: user model x tracker extractor",
+         "",
+         "Cell: PSR mean +- std over users [not recognised / U test photos]; "
+         "other-identity accuracy below each table.", ""]
+  for kind in kinds:
+    table = []
+    for setting, config in settings:
+      cells = []
+      for t in trackers:
+        r = by.get((setting, t, kind))
+        cells.append(f"{_f(r['psr_mean'])} +- {_f(r['psr_std'])} [{r['psr_k']}/{r['psr_n']}]"
+                     if r else "")
+      table.append([setting, config] + cells)
+    out += [f"Tracker kind: **{kind}**", "", _table(["user side", "cloak config"] + trackers, table),
+            ""]
+    acc = []
+    for setting, config in settings:
+      cells = []
+      for t in trackers:
+        r = by.get((setting, t, kind))
+        cells.append(f"{_f(r['acc_mean'])} [{r['acc_k']}/{r['acc_n']}]" if r else "")
+      acc.append([setting] + cells)
+    out += [f"Other-identity accuracy ({kind}):", "", _table(["user side"] + trackers, acc), ""]
+  return "\n".join(out) + "\n"
+
+
+def _quality_section(records) -> str:
+  rows = [r for r in records if r.get("experiment") == "quality"]
+  if not rows:
+    return ""
+  seen, table = set(), []
+  for r in rows:
+    if r["config"] in seen:
+      continue
+    seen.add(r["config"])
+    table.append([r["config"], _f(r["budget"], 4), r["steps"], f"{r['cloaked']}/{r['photos']}",
+                  _f(r["dssim_mean"], 4), _f(r["dssim_max"], 4), _f(r["psnr_mean"], 1),
+                  _f(r.get("feature_shift_mean"), 3), _f(r["seconds_per_photo"], 2), ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
+                  f"{r['redetected']}/{r['photos']}"])
+  return ("## Cloak quality (on the written files)\n\nDSSIM over each main face's region, "
+          "measured on the re-decoded written file; PSNR over the same region; seconds per "
+          "photo include compile time of the first batch of each config (shared CPU, noisy). Feature "
+          "shift: mean L2 move of the user model's unit features (float patch, before writing).\n\n"
+          + _table(["config", "budget", "steps", "cloaked / photos", "DSSIM mean", "DSSIM max",
+                    "PSNR dB", "feature shift", "s/photo", "statuses", "face re-detected"], table) + "\n")
+
+
+def _detection_section(records) -> str:
+  rows = [r for r in records if r.get("experiment") == "detection"]
+  if not rows:
+    return ""
+  groups: "OrderedDict[tuple, list]" = OrderedDict()
+  for r in rows:
+    groups.setdefault((r["setting"], r["config"], r["tracker"]), []).append(r)
+  table = []
+  for (setting, config, tracker), rs in groups.items():
+    wo = [r["without_originals"]["sigma"] for r in rs if "without_originals" in r]
+    wi = [r["with_originals"]["sigma"] for r in rs]
+    pur = [r["with_originals"].get("purity", float("nan")) for r in rs]
+    s1, s2 = summarize(wo), summarize(wi)
+    table.append([setting, config, tracker, f"{_f(s1['mean'])} +- {_f(s1['std'])}",
+                  f"{sum(1 for v in wo if v > 3)}/{len(wo)}",
+                  f"{_f(s2['mean'])} +- {_f(s2['std'])}", f"{sum(1 for v in wi if v > 3)}/{len(wi)}",
+                  _f(summarize(pur)["mean"]), len(rs),
+                  f"{sum(r['cloaked_photos'] for r in rs)} cloaked, "
+                  f"{sum(r['clean_photos'] for r in rs)} clean"])
+  return ("## Cloak detection (paper §8.2)\n\n"
+          "Without originals: how much closer the cloaked class centroid is to the target "
+          "class centroid than normal class pairs are, in std devs of normal pairs' centroid "
+          "distances. With originals: 2-means on the user's class (cloaked train + clean test "
+          "photos); centroid separation minus normal classes' mean 2-means separation, in std "
+          "devs of those. Paper: ~3 sigma detectable, within 1 sigma with mitigations "
+          "(stop at 20% of the L2 distance; average-distance target). Purity: how well the 2 "
+          "clusters recover which photos were cloaked (0.5 = chance).\n\n"
+          + _table(["mitigation", "config", "tracker space", "sigma w/o originals",
+                    ">3 sigma", "sigma with originals", ">3 sigma", "purity", "users", "photos"],
+                   table) + "\n")
+
+
+def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
+          command: str = "") -> None:
+  """Writes report.md, results.jsonl and the PNG plots into out_dir."""
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with open(out_dir / "results.jsonl", "w") as f:
+    f.write(json.dumps({"experiment": "info", **info, "settings": settings}, default=str) + "\n")
+    for r in records:
+      f.write(json.dumps(r, default=str) + "\n")
+  plots = write_plots(out_dir, records)
+  parts = ["# jaxcloak protection evaluation", ""]
+  if command:
+    parts += [f"Command: `{command}`", ""]
+  parts += [
+      f"Run time: {info.get('seconds', 'n/a')} s "
+      f"(per experiment: {info.get('experiment_seconds', {})}).", "",
+      f"Data: {info.get('data')} — {info.get('data_identities')} identities, "
+      f"{info.get('data_photos')} photos with a face (dropped: {info.get('data_dropped')}). "
+      f"Pool: {info.get('pool')} — {info.get('pool_identities')} identities, "
+      f"{info.get('pool_photos')} photos (dropped: {info.get('pool_dropped')}); "
+      f"{info.get('background_identities')} of them are background classes of the tracker "
+      f"({info.get('tracker_classes')} classes in all).", "",
+      f"Protected users ({len(info.get('users', []))}, each in turn): "
+      f"{', '.join(info.get('users', []))}; {info.get('train_photos_per_user')} cloaked train "
+      f"photos each; clean test photos: {info.get('test_photos_per_user')}.", "",
+      "PSR = share of the user's clean test photos the tracker does not classify as the user. "
+      "The tracker trains on the user's cloaked photos as written to disk (re-decoded and "
+      "re-detected), the other identities' clean train photos and the background classes.", "",
+      "Settings: `" + json.dumps(settings, default=str) + "`", ""]
+  parts.append(_matrix_section(records))
+  parts.append(_psr_section(records, "budget", "PSR vs DSSIM budget (paper Fig. 16)",
+                            "Base user model; one cloak per budget."))
+  parts.append(_psr_section(records, "leakage", "PSR with leaked clean photos",
+                            "Share of the user's tracker training photos that are the clean "
+                            "originals instead of the cloaked ones."))
+  parts.append(_psr_section(records, "transforms", "PSR and accuracy after transforms",
+                            "Blur/noise/JPEG are applied to all of the tracker's training and "
+                            "test photos; augmentation (random rotation, shift, zoom) adds "
+                            "transformed copies of the training photos only. Other-ID accuracy "
+                            "is the tracker's normal accuracy under the same transform."))
+  parts.append(_psr_section(records, "robust", "Robust tracker",
+                            "kind `robust`: probe adversarially trained with L2 PGD on its "
+                            "input features (embedding space, not crop pixels). kind "
+                            "`robust-crop` (if run): probe retrained on clean plus L-inf PGD "
+                            "crops, attacked through the frozen extractor."))
+  parts.append(_psr_section(records, "adaptive", "Adaptive tracker (Radiya-Dixit et al. 2022)",
+                            "The tracker cloaks photos of identities it can label (other users' "
+                            "cloaked train photos plus a few cloaked photos of each other "
+                            "identity, same cloak config) and trains on them with true labels."))
+  parts.append(_psr_section(records, "finetune", "Fine-tuned tracker",
+                            "Extractor's last layers plus a softmax head trained with optax on "
+                            "the aligned crops."))
+  parts.append(_detection_section(records))
+  parts.append(_quality_section(records))
+  if plots:
+    parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+  (out_dir / "report.md").write_text("\n".join(p for p in parts if p is not None))
+
+
+def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
+  """PNG plots with matplotlib (Agg); returns the files written."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  written = []
+
+  def save(fig, name):
+    path = out_dir / name
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+  # PSR vs DSSIM (budget and measured mean DSSIM).
+  rows = aggregate(records, "budget")
+  if rows:
+    quality = {r["config"]: r for r in records if r.get("experiment") == "quality"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
+      rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
+                  key=lambda r: r["budget"])
+      xs = [quality.get(r["config"], {}).get("dssim_mean") or r["budget"] for r in rs]
+      ax.errorbar(xs, [r["psr_mean"] for r in rs], yerr=[r["psr_std"] for r in rs],
+                  marker="o", capsize=3, label=f"{tr} {kind}")
+    ax.set_xlabel("mean DSSIM of written cloaked faces")
+    ax.set_ylabel("PSR")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("PSR vs DSSIM")
+    save(fig, "psr_vs_dssim.png")
+
+  rows = aggregate(records, "matrix")
+  if rows:
+    for kind in OrderedDict.fromkeys(r["kind"] for r in rows):
+      rs = [r for r in rows if r["kind"] == kind]
+      users = list(OrderedDict.fromkeys(r["setting"] for r in rs))
+      trs = list(OrderedDict.fromkeys(r["tracker"] for r in rs))
+      m = np.full((len(users), len(trs)), np.nan)
+      for r in rs:
+        m[users.index(r["setting"]), trs.index(r["tracker"])] = r["psr_mean"]
+      fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(trs), 1.2 + 0.6 * len(users)))
+      im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+      ax.set_xticks(range(len(trs)), trs, rotation=30, ha="right")
+      ax.set_yticks(range(len(users)), users)
+      for i in range(len(users)):
+        for j in range(len(trs)):
+          if not np.isnan(m[i, j]):
+            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
+                    color="white" if m[i, j] < 0.5 else "black")
+      fig.colorbar(im, ax=ax, label="PSR")
+      ax.set_xlabel("tracker extractor")
+      ax.set_title(f"PSR matrix ({kind})")
+      save(fig, f"psr_matrix_{kind}.png")
+
+  rows = aggregate(records, "leakage")
+  if rows:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
+      rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
+                  key=lambda r: r["leak"])
+      ax.errorbar([r["leak"] for r in rs], [r["psr_mean"] for r in rs],
+                  yerr=[r["psr_std"] for r in rs], marker="o", capsize=3, label=f"{tr} {kind}")
+    ax.set_xlabel("share of U's tracker photos leaked uncloaked")
+    ax.set_ylabel("PSR")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7)
+    ax.set_title("PSR vs leakage")
+    save(fig, "psr_vs_leakage.png")
+
+  rows = aggregate(records, "transforms")
+  if rows:
+    groups = list(OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows))
+    labels = list(OrderedDict.fromkeys(r["transform"] for r in rows))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(max(6, 0.9 * len(labels)), 3 * len(groups)),
+                             squeeze=False)
+    for ax, (tr, kind) in zip(axes[:, 0], groups):
+      rs = {r["transform"]: r for r in rows if r["tracker"] == tr and r["kind"] == kind}
+      x = np.arange(len(labels))
+      ax.bar(x - 0.2, [rs[l]["psr_mean"] if l in rs else 0 for l in labels], 0.4, label="PSR")
+      ax.bar(x + 0.2, [rs[l]["acc_mean"] if l in rs else 0 for l in labels], 0.4,
+             label="other-ID accuracy")
+      ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+      ax.set_ylim(0, 1.05)
+      ax.set_title(f"{tr} {kind}")
+      ax.legend(fontsize=7)
+    save(fig, "psr_vs_transforms.png")
+
+  rows = [r for r in records if r.get("experiment") == "detection"]
+  if rows:
+    settings = list(OrderedDict.fromkeys(r["setting"] for r in rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(settings))
+    for off, key, label in ((-0.2, "without_originals", "w/o originals"),
+                            (0.2, "with_originals", "with originals (2-means)")):
+      vals = [summarize([r[key]["sigma"] for r in rows if r["setting"] == s and key in r])
+              for s in settings]
+      ax.bar(x + off, [v["mean"] if v["n"] else 0 for v in vals], 0.4,
+             yerr=[v["std"] if v["n"] else 0 for v in vals], capsize=3, label=label)
+    ax.axhline(3, color="red", ls="--", lw=1, label="3 sigma")
+    ax.axhline(1, color="gray", ls=":", lw=1, label="1 sigma")
+    ax.set_xticks(x, settings, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("separation (std devs of normal classes)")
+    ax.legend(fontsize=7)
+    ax.set_title("Cloak detection")
+    save(fig, "detection_separations.png")
+  return written

@@ -1,0 +1,170 @@
+"""Eval metrics, classifiers and report on constructed cases with known answers (no real models)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxcloak.eval import metrics, report, trackers
+from jaxcloak.eval import transforms as T
+
+
+def _clusters(n_classes=5, per=12, d=16, spread=0.15, seed=0):
+  rng = np.random.default_rng(seed)
+  centres = rng.normal(size=(n_classes, d))
+  centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+  x = np.concatenate([c + spread * rng.normal(size=(per, d)) for c in centres])
+  y = np.repeat(np.arange(n_classes), per)
+  return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+
+def test_psr_of_a_tracker_that_always_says_the_user_is_zero():
+  r = metrics.psr(np.full(7, 3), user_label=3)
+  assert (r.value, r.k, r.n) == (0.0, 0, 7)
+
+
+def test_psr_counts_photos_not_classified_as_the_user():
+  r = metrics.psr(np.array([3, 1, 2, 3]), user_label=3)
+  assert (r.value, r.k, r.n) == (0.5, 2, 4)
+  assert str(r) == "0.50 (2/4)"
+  assert metrics.psr(np.array([0, 1]), user_label=3).value == 1.0
+
+
+def test_accuracy_and_summary():
+  a = metrics.accuracy(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]))
+  assert (a.k, a.n) == (3, 4)
+  s = metrics.summarize([0.0, 1.0, float("nan")])
+  assert s["n"] == 2 and s["mean"] == 0.5 and s["std"] == pytest.approx(np.sqrt(0.5))
+
+
+@pytest.mark.parametrize("kind", ["probe", "knn", "robust"])
+def test_identity_classifier_on_clean_clusters_is_accurate(kind):
+  x, y = _clusters()
+  xt, yt = _clusters(seed=0)[0][1::2], y[1::2]
+  clf = trackers.make_classifier(kind, probe_steps=200).fit(x[::2], y[::2], 5)
+  assert metrics.accuracy(clf.predict(xt), yt).value >= 0.95
+
+
+def test_probe_uses_only_real_classes_and_pads_rows():
+  x, y = _clusters(n_classes=3, per=4)
+  clf = trackers.LinearProbe(steps=100).fit(x, y, 3)
+  pred = clf.predict(x)
+  assert pred.shape == (12,) and set(pred) <= {0, 1, 2}
+  assert clf.predict(x[:0]).shape == (0,)
+
+
+def test_cloaked_training_photos_flip_the_tracker():
+  # U's training features sit on another class's cluster (a perfect cloak):
+  # a nearest-neighbour tracker then never recognises U's clean test photos.
+  x, y = _clusters()
+  u_clean = x[y == 0]
+  x_train = np.concatenate([x[y != 0], x[y == 1][:6] + 0.01])
+  y_train = np.concatenate([y[y != 0], np.zeros(6, int)])
+  clf = trackers.make_classifier("knn").fit(x_train, y_train, 5)
+  assert metrics.psr(clf.predict(u_clean), 0).value == 1.0
+
+
+def test_detection_without_originals_flags_a_class_on_top_of_its_target():
+  x, y = _clusters(n_classes=8, spread=0.1)
+  others = [x[y == k] for k in range(2, 8)]
+  target = x[y == 1]
+  hit = metrics.target_proximity(target + 0.01, target, others)
+  assert hit["sigma"] > 3 and hit["normal_pairs"] == 15
+  miss = metrics.target_proximity(x[y == 0], target, others)
+  assert abs(miss["sigma"]) < 3
+
+
+def test_detection_with_originals_flags_a_split_class():
+  x, y = _clusters(n_classes=8, spread=0.1)
+  others = [x[y == k] for k in range(1, 8)]
+  cloaked = x[y == 1][:6]
+  mixed = np.concatenate([cloaked, x[y == 0][:6]])
+  r = metrics.cluster_split(mixed, others, cloaked_mask=np.r_[np.ones(6), np.zeros(6)])
+  assert r["sigma"] > 3 and r["purity"] == 1.0
+  normal = metrics.cluster_split(x[y == 0], others)
+  assert normal["sigma"] < 3
+
+
+def test_two_means_is_deterministic():
+  x, _ = _clusters(n_classes=2, per=5)
+  a, ca = metrics.two_means(x)
+  b, cb = metrics.two_means(x)
+  assert np.array_equal(a, b) and np.allclose(ca, cb)
+  assert len(set(a[:5])) == 1 and len(set(a[5:])) == 1 and a[0] != a[5]
+
+
+def test_psnr():
+  a = np.zeros((4, 4, 3), np.uint8)
+  assert metrics.psnr(a, a) == float("inf")
+  assert metrics.psnr(a, a + 1) == pytest.approx(20 * np.log10(255.0))
+
+
+def test_transforms_are_deterministic_and_move_landmarks():
+  rng = np.random.default_rng(0)
+  im = rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)
+  lm = np.array([[30, 30], [50, 30], [40, 40], [32, 50], [48, 50]], np.float32)
+  for spec in ("blur:1", "noise:0.05", "jpeg:50"):
+    a, la = T.apply(T.parse(spec), im, lm, seed=1)
+    b, _ = T.apply(T.parse(spec), im, lm, seed=1)
+    assert a.shape == im.shape and a.dtype == np.uint8 and np.array_equal(a, b)
+    assert np.array_equal(la, lm) and not np.array_equal(a, im)
+  aug = T.parse("augment")
+  assert aug.train_only
+  out, lm2 = T.apply(aug, im, lm, seed=3)
+  assert out.shape == im.shape and not np.allclose(lm2, lm)
+  with pytest.raises(ValueError):
+    T.parse("sharpen:2")
+
+
+def test_finetuned_tracker_on_a_tiny_model():
+  from tests.core.tiny import tiny_extractor
+  ext = tiny_extractor()
+  emb = trackers.PortedEmbedder("tiny", extractor=ext, batch_size=8)
+  rng = np.random.default_rng(0)
+  base = rng.random((3, 1, 32, 32, 3)).astype(np.float32)
+  crops = np.clip(base + 0.03 * rng.normal(size=(3, 8, 32, 32, 3)), 0, 1).astype(np.float32)
+  x, y = crops.reshape(-1, 32, 32, 3), np.repeat(np.arange(3), 8)
+  ft = trackers.FineTuned(emb, epochs=2, batch_size=8, layers=("Dense_0",)).fit(x, y, 3)
+  assert metrics.accuracy(ft.predict(x), y).value >= 0.9
+  with pytest.raises(ValueError):
+    trackers.FineTuned(emb, layers=("nope",))
+
+
+def test_report_writes_tables_jsonl_and_plots(tmp_path):
+  recs = []
+  for exp, setting, extra in (("matrix", "no cloak", {}), ("budget", "budget 0.01", {"budget": 0.01}),
+                              ("leakage", "leak 0.2", {"leak": 0.2}),
+                              ("transforms", "blur(1)", {"transform": "blur(1)"})):
+    for u in ("A", "B"):
+      recs.append({"experiment": exp, "config": "dlib/b0.01", "setting": setting, "user": u,
+                   "tracker": "dlib", "kind": "probe", "psr": 0.5, "psr_k": 1, "psr_n": 2,
+                   "acc": 1.0, "acc_k": 4, "acc_n": 4, **extra})
+  recs.append({"experiment": "detection", "config": "c", "setting": "none", "user": "A",
+               "tracker": "dlib", "target": "T", "cloaked_photos": 3, "clean_photos": 2,
+               "without_originals": {"sigma": 3.5}, "with_originals": {"sigma": 0.2, "purity": 0.8}})
+  recs.append({"experiment": "quality", "for": "matrix", "config": "dlib/b0.01", "budget": 0.01,
+               "steps": 5, "photos": 6, "cloaked": 6, "statuses": {"cloaked": 6}, "redetected": 6,
+               "dssim_mean": 0.008, "dssim_max": 0.01, "psnr_mean": 40.0,
+               "feature_shift_mean": 0.3, "seconds_per_photo": 1.0, "targets": ["T"]})
+  report.write(tmp_path, recs, {"users": ["A", "B"], "seconds": 1.0}, {"seed": 0})
+  md = (tmp_path / "report.md").read_text()
+  assert "0.50 +- 0.00 [2/4]" in md  # the rate with the pooled counts behind it
+  assert "| none | c | dlib | n/a +- n/a | 0/1 |" not in md and "3.50" in md
+  lines = (tmp_path / "results.jsonl").read_text().splitlines()
+  assert json.loads(lines[0])["experiment"] == "info" and len(lines) == len(recs) + 1
+  for png in ("psr_vs_dssim", "psr_matrix_probe", "psr_vs_leakage", "psr_vs_transforms",
+              "detection_separations"):
+    assert (tmp_path / f"{png}.png").stat().st_size > 1000
+
+
+def test_crop_robust_probe_on_a_tiny_model():
+  from tests.core.tiny import tiny_extractor
+  emb = trackers.PortedEmbedder("tiny", extractor=tiny_extractor(), batch_size=8)
+  rng = np.random.default_rng(1)
+  base = rng.random((3, 1, 32, 32, 3)).astype(np.float32)
+  x = np.clip(base + 0.03 * rng.normal(size=(3, 6, 32, 32, 3)), 0, 1).astype(np.float32)
+  x, y = x.reshape(-1, 32, 32, 3), np.repeat(np.arange(3), 6)
+  clf = trackers.CropRobustProbe(emb, eps=2 / 255, pgd_steps=2, probe_steps=100)
+  adv = clf._adversarial(trackers.LinearProbe(steps=50).fit(emb.embed_crops(x), y, 3), x, y)
+  assert np.abs(adv - x).max() <= 2 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+  assert metrics.accuracy(clf.fit(x, y, 3).predict(x), y).value >= 0.9
