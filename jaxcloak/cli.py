@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import sys
 from pathlib import Path
 
 from jaxcloak import SAMPLES_DIR, __version__
+
+EXTRA_COMMANDS = {
+    "migrate": "jaxcloak.pipeline.migrate",
+}
 
 
 def _weights_fetch(args) -> int:
@@ -158,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--weights-dir")
   c.add_argument("--quiet", action="store_true")
 
+  # Subcommands owned by their modules: each gives add_parser(sub) and run(args).
+  for command, module in EXTRA_COMMANDS.items():
+    importlib.import_module(module).add_parser(sub)
+
   e = sub.add_parser("embed", help="embed photos and print a similarity matrix")
   e.add_argument("photos", nargs="*", type=Path)
   e.add_argument("--extractors", default="dlib,facenet,sface")
@@ -173,6 +182,8 @@ def main(argv=None) -> int:
     return _cloak(args)
   if args.command == "embed":
     return _embed(args)
+  if args.command in EXTRA_COMMANDS:
+    return importlib.import_module(EXTRA_COMMANDS[args.command]).run(args)
   return 2
 
 

@@ -35,6 +35,7 @@ class CloakConfig:
   # LowKey-style robustness: also match through Gaussian-blurred crops.
   blur_sigmas: tuple[float, ...] = ()
   batch_size: int = 8
+  detect_upscale: bool = True  # run YuNet on small photos enlarged to 640 (better recall)
   min_face: int = 32  # faces narrower than this (pixels) are reported, not cloaked
   max_region: int = 512  # region side above which the cloak is optimised downscaled
   seed: int = 0

@@ -115,14 +115,15 @@ def run(args) -> int:
     return 2
   log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
   ev = Evaluation(settings, log=log)
+  argv = getattr(args, "argv", None) or sys.argv[1:]
+  command = "jaxcloak " + " ".join(shlex.quote(str(a)) for a in argv)
+  write = lambda: report.write(args.output, ev.records, ev.info, dataclasses.asdict(settings),
+                               command=command)
   try:
-    records = ev.run()
+    ev.run(after_each=write)
   except (ValueError, KeyError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  argv = getattr(args, "argv", None) or sys.argv[1:]
-  command = "jaxcloak " + " ".join(shlex.quote(str(a)) for a in argv)
-  report.write(args.output, records, ev.info, dataclasses.asdict(settings), command=command)
   log(f"report written to {args.output}/report.md ({ev.info.get('seconds')} s)")
   return 0
 

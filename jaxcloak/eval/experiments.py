@@ -295,20 +295,23 @@ class Evaluation:
 
   # -- experiments ---------------------------------------------------------------
 
-  def run(self) -> list[dict]:
+  def run(self, *, after_each: Callable[[], None] | None = None) -> list[dict]:
+    """Runs the experiments in the order given; `after_each` runs after every one
+    (the CLI rewrites the report there, so a long run has partial results early)."""
     s = self.s
     unknown = set(s.experiments) - set(EXPERIMENTS)
     if unknown:
       raise ValueError(f"unknown experiments: {', '.join(sorted(unknown))}")
     if not hasattr(self, "samples"):
       self.load()
-    for name in EXPERIMENTS:
-      if name in s.experiments:
-        t = time.time()
-        self.log(f"experiment {name}")
-        getattr(self, f"exp_{name}")()
-        self.info.setdefault("experiment_seconds", {})[name] = round(time.time() - t, 1)
-    self.info["seconds"] = round(time.time() - self.t0, 1)
+    for name in dict.fromkeys(s.experiments):
+      t = time.time()
+      self.log(f"experiment {name}")
+      getattr(self, f"exp_{name}")()
+      self.info.setdefault("experiment_seconds", {})[name] = round(time.time() - t, 1)
+      self.info["seconds"] = round(time.time() - self.t0, 1)
+      if after_each is not None:
+        after_each()
     return self.records
 
   def exp_matrix(self) -> None:

@@ -126,7 +126,7 @@ class Detector:
   def __init__(self, params=None, *, weights_dir: Path | None = None,
                score_threshold: float = SCORE_THRESHOLD, nms_iou: float = NMS_IOU,
                top_k: int = TOP_K, max_side: int | None = MAX_SIDE, batch_size: int = 8,
-               upscale: bool = False):
+               upscale: bool = True):
     if params is None:
       params = yunet.load(weights_dir).params
     self.params = params
@@ -149,8 +149,8 @@ class Detector:
     """(height, width) after resizing so the long side is `max_side` (aspect kept)."""
     if self.max_side is None:
       return h, w
-    # Only shrink: upscaling small photos to 640 found 0.6% more LFW faces
-    # (99.71% vs 99.13%) but cost 5x the time; the pipeline favours throughput.
+    # upscale=False only shrinks: 5x faster on small photos, but on 250 px LFW
+    # photos YuNet then finds 99.13% of faces instead of 99.71%.
     scale = min(1.0, self.max_side / max(h, w)) if not self.upscale else self.max_side / max(h, w)
     return max(1, round(h * scale)), max(1, round(w * scale))
 

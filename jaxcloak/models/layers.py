@@ -185,7 +185,11 @@ class Conv(nn.Module):
       raise ValueError(f"only plain or depthwise convs are supported, got groups={groups}")
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         kernel_size + (cin // groups, self.features))
-    if self.space_to_depth and groups == 1 and strides[0] == strides[1] > 1:
+    if kernel_size == (1, 1) and strides == (1, 1) and padding == ((0, 0), (0, 0)) and groups == 1:
+      # A matmul: its gradient needs no transposed copy of the kernel (which
+      # XLA CPU makes slowly, on every call outside a loop).
+      y = jnp.einsum("bhwi,io->bhwo", x, kernel[0, 0], precision=_PRECISION)
+    elif self.space_to_depth and groups == 1 and strides[0] == strides[1] > 1:
       y = space_to_depth_conv2d(x, kernel, strides[0], padding)
     elif groups == 1 or cin == 1:
       y = conv2d(x, kernel, strides, padding)

@@ -68,7 +68,7 @@ class Cloaker:
                strip_metadata: bool = False, max_pixels: int = photo_io.MAX_PIXELS):
     self.config = config
     self.extractors = [models.load(n, weights_dir) for n in config.extractors]
-    self.detector = Detector(weights_dir=weights_dir)
+    self.detector = Detector(weights_dir=weights_dir, upscale=config.detect_upscale)
     self.cloak_fn = make_cloak_fn(self.extractors, config)
     self.features = region_features(self.extractors)
     devices = devices if devices is not None else jax.local_devices()

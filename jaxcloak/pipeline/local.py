@@ -41,9 +41,10 @@ def collect_photos(inputs: Sequence[Path], *, user: str | None = None) -> list[t
   return out
 
 
-def _pool_key(pool_dir: Path, files: list[Path], extractors: Sequence[str]) -> str:
+def _pool_key(pool_dir: Path, files: list[Path], extractors: Sequence[str],
+              upscale: bool) -> str:
   h = hashlib.sha256()
-  h.update(("|".join(extractors) + "|v1").encode())
+  h.update(("|".join(extractors) + f"|upscale={upscale}|v1").encode())
   for f in files:
     st = f.stat()
     h.update(f"{f.relative_to(pool_dir)}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -60,7 +61,8 @@ def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = 
   files = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
            for d in ids}
   names = list(files)
-  key = _pool_key(pool_dir, [f for n in names for f in files[n]], cloaker.config.extractors)
+  key = _pool_key(pool_dir, [f for n in names for f in files[n]], cloaker.config.extractors,
+                  cloaker.config.detect_upscale)
   cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "jaxcloak" / "pools"
   cache = cache_dir / f"{key}.npz"
   if cache.exists():

@@ -65,7 +65,7 @@ class Options:
   chunk_pixels: int = 256_000_000  # decoded pixels per chunk (header estimate)
   max_file_bytes: int = 256 << 20  # larger files are stream-copied, never decoded
   max_faces: int = 64  # faces cloaked per photo (largest first); the rest are reported
-  detect_side: int | None = None  # detector long side (None = the detector's default)
+  detect_side: int | None = None  # detector long-side cap (None = the detector's default)
 
   def recorded(self) -> dict:
     """The options that change outputs, so must match across runs of one job."""
@@ -844,7 +844,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--max-pixels", type=int, default=photo_io.MAX_PIXELS,
                  help="decompression-bomb guard")
   p.add_argument("--max-faces", type=int, default=Options.max_faces)
-  p.add_argument("--detect-side", type=int, help="detector input long side (default 640)")
+  p.add_argument("--detect-side", type=int, help="detector long-side cap (default 640; "
+                 "larger photos are shrunk to it for detection)")
   p.add_argument("--weights-dir")
   p.add_argument("--compile-cache", help="persistent JAX compilation cache folder")
   p.add_argument("--ray", metavar="ADDRESS",

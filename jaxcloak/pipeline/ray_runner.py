@@ -18,7 +18,6 @@ neither lost nor recorded twice.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time

@@ -34,7 +34,8 @@ def faces(faces_dir):
   n <= 40: the photos where YuNet found the labelled face.
   """
   dirs = sorted(d for d in faces_dir.iterdir() if d.is_dir())[:N_IDENTITIES]
-  files = [f for d in dirs for f in sorted(d.glob("*.jpg"), key=lambda p: int(p.stem))[:PER_IDENTITY]]
+  files = [f for d in dirs
+           for f in sorted(d.glob("*.jpg"), key=lambda p: int(p.stem))[:PER_IDENTITY]]
   photos = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
   labels = np.repeat(np.arange(len(dirs)), PER_IDENTITY)
   ensure_weights("yunet")
@@ -43,7 +44,8 @@ def faces(faces_dir):
   keep = np.array([j is not None for j in found])
   # YuNet misses a few LFW faces at native size (Ariel_Sharon/4 here); those
   # photos are left out, but a detector that misses many is a failure too.
-  assert keep.sum() >= MIN_DETECTED, [f"{f.parent.name}/{f.name}" for f, k in zip(files, keep) if not k]
+  missed = [f"{f.parent.name}/{f.name}" for f, k in zip(files, keep) if not k]
+  assert keep.sum() >= MIN_DETECTED, missed
   landmarks = np.stack([d.landmarks[j] for d, j in zip(dets, found) if j is not None])
   return photos[keep], labels[keep], landmarks
 

@@ -40,12 +40,14 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _our_processes(marker: str):
+def _our_processes(temp: str, gcs_port: int):
+  """Processes of our cluster: those naming its temp dir or its GCS address, and children."""
   import psutil
   procs = set()
   for p in psutil.process_iter(["cmdline"]):
     try:
-      if any(marker in a for a in (p.info["cmdline"] or [])):
+      args = p.info["cmdline"] or []
+      if any(temp in a or a.endswith(f":{gcs_port}") for a in args):
         procs.add(p)
         procs.update(p.children(recursive=True))
     except psutil.Error:
@@ -56,7 +58,7 @@ def _our_processes(marker: str):
 @pytest.fixture(scope="module")
 def cluster():
   temp = tempfile.mkdtemp(prefix="/tmp/jcray")  # short: Ray's unix socket paths are length-limited
-  port, dash = _free_port(), _free_port()
+  port, dash, client = _free_port(), _free_port(), _free_port()
   env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
              RAY_USAGE_STATS_ENABLED="0", JAX_PLATFORMS="cpu",
              PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
@@ -65,14 +67,15 @@ def cluster():
   try:
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-                    f"--dashboard-port={dash}", f"--temp-dir={temp}", *common],
+                    f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
+                    f"--temp-dir={temp}", *common],
                    env=env, check=True, capture_output=True, timeout=120)
     subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
                     '--resources={"second_node": 1}', *common],
                    env=env, check=True, capture_output=True, timeout=120)
     yield {"env": env, "dashboard": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{port}"}
   finally:
-    procs = _our_processes(temp)
+    procs = _our_processes(temp, port)
     for p in procs:
       try:
         p.send_signal(signal.SIGKILL)
@@ -92,6 +95,11 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
          sys.executable, "examples/ray_migrate.py", str(src), str(dst),
          "--weights-dir", str(ROOT / "weights"), "--compile-cache", str(jax_cache), "--ray-cloak-actors", "1",
          "--log-every", "5", "--ray-fault-drill", "1", *FLAGS]
+  no_token = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_AUTH")}
+  denied = subprocess.run([RAY, "job", "list", "--address", cluster["dashboard"]],
+                          env={**no_token, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
+                          text=True, timeout=60)
+  assert denied.returncode != 0  # the job server wants the cluster's token
   t0 = time.time()
   out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=400)
   logs = out.stdout + out.stderr
