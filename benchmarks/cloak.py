@@ -88,8 +88,9 @@ def step_flops(extractors, batch: Batch) -> float | None:
 def run_one(preset_name, names, extractors, regions, targets, b, n_faces, peak, bucket):
   config = preset(preset_name, extractors=tuple(names), batch_size=b)
   fn = make_cloak_fn(extractors, config)
-  faces = (regions * (-(-n_faces // len(regions))))[:n_faces]
-  batches = make_batches(faces, extractors, targets, b, config.budget)
+  order = np.arange(n_faces) % len(regions)  # repeats faces when asked for more
+  batches = make_batches([regions[i] for i in order], extractors,
+                         [t[order] for t in targets], b, config.budget)
   t = time.perf_counter()
   compiled = fn.fn.lower(fn.params, batches[0]).compile()
   compile_s = time.perf_counter() - t

@@ -16,10 +16,25 @@ batch is that many runs), and TensorFlow/Keras for FaceNet, run in
 otherwise). `ratio` is ours / theirs in images/s (>1: the port is faster).
 One JSON line per measurement; `--quick` runs batches 1 and 8 only.
 
-Last seen (2 shared CPU cores, load average 8-12 from other jobs: all figures
-are noisy, rerun on an idle machine for real numbers; jax 0.10.2, matmul peak
-measured at the start of the run), images/s:
-  see the docstring update in the final report of the run below.
+Last seen 2026-11-27 (2 CPU cores shared with 4-6 other jobs, load average
+~10: wall figures are inflated and noisy; `cpu_seconds_per_batch`, the
+process CPU time over all threads, is the steadier cost; jax 0.10.2, dlib
+20.0.1, onnxruntime, TF 2.21 in .venv-ref; matmul peak 95 GFLOP/s):
+
+  model    batch  forward img/s (peer, ratio)      fwd+grad img/s  GFLOP/img  peak frac
+  dlib       1     27.4 (dlib 2.1, 12.8x)             7.5          0.50/1.01  0.14/0.08
+  dlib       8     27.9 (dlib 3.8, 7.4x)             22.7          0.50/1.01  0.15/0.24
+  dlib      32     31.6 (dlib 2.9, 11.0x)            38.2          0.50/1.01  0.17/0.40
+  facenet    1     17.5 (TF 3.0, 5.8x)                3.7          2.76/5.56  0.51/0.22
+  facenet    8     14.1 (TF 11.5, 1.2x)               8.1          2.76/5.56  0.41/0.47
+  facenet   32     16.6 (TF 11.1, 1.5x)               8.1          2.76/5.56  0.48/0.47
+  sface      1     34.0 (onnxruntime 7.7, 4.4x)      11.4          1.19/2.50  0.43/0.30
+  sface      8     42.5 (onnxruntime 7.7, 5.5x)      11.4          1.19/2.50  0.53/0.30
+  sface     32     38.7 (onnxruntime 7.5, 5.1x)      15.7          1.19/2.50  0.48/0.41
+
+Outside a loop each forward+grad call also transposes the conv kernels for the
+input gradient (a fixed cost per call, large at batch 1); inside the cloak's
+while_loop XLA hoists that out of the steps.
 """
 
 from __future__ import annotations

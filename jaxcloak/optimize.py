@@ -106,10 +106,10 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
       dist = weighted_distance(feats, refs)
       objective = dist if targeted else -dist
       ds = losses.dssim(x, orig, batch.masks)
-      return x, objective, dist, ds
+      return x, objective, dist, ds, feats
 
     def loss_fn(w, penalty):
-      _, objective, dist, ds = evaluate(w)
+      _, objective, dist, ds, _ = evaluate(w)
       per_item = objective + penalty * losses.budget_excess(ds, batch.budgets)
       return jnp.sum(jnp.where(batch.active, per_item, 0.0)), (objective, dist, ds)
 
@@ -158,14 +158,14 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
                   w0, init_objective, ~batch.active, jnp.zeros((b,), jnp.int32))
     state = jax.lax.while_loop(cond, body, state)
     # The last iterate has not been scored yet.
-    _, objective, _, ds = evaluate(state.w)
+    _, objective, _, ds, _ = evaluate(state.w)
     best_w, best_objective = keep_best(state, state.w, objective, ds)
 
-    cloaked, _, dist, ds = evaluate(best_w)
-    final_self = weighted_distance(features(params, cloaked, batch.affines), self_feats)
+    cloaked, _, dist, ds, best_feats = evaluate(best_w)
     found = best_objective < init_objective
     # Items with no better within-budget iterate get their original pixels back
-    # exactly (not a tanh round trip of them).
+    # exactly (not a tanh round trip of them), so their self distance is 0.
+    final_self = jnp.where(found, weighted_distance(best_feats, self_feats), 0.0)
     cloaked = jnp.where(found[:, None, None, None], cloaked, orig)
     ds = jnp.where(found, ds, 0.0)
     dist = jnp.where(found, dist, start)
