@@ -18,7 +18,23 @@ lowered on its own) and the fraction of a matmul peak measured in this run.
 `--fawkes` would time the official Fawkes on the same photos; it is not run
 here (see its JSON line). One JSON line per measurement.
 
-Last seen: see the final report of the run below.
+Last seen 2026-11-27 (2 CPU cores shared with other jobs, load average 6-10:
+wall figures are inflated and noisy; `cpu_seconds_per_face`, process CPU time
+over all threads, is the steadier cost), bucket 160, targets another photo's
+features, every face cloaked:
+
+  preset  extractors  batch  s/face wall  CPU s/face  compile s  GFLOP/step  peak frac
+  low     dlib          1       2.17        2.14         7.0        1.39       0.21
+  low     dlib          8       1.15-1.61   1.09-1.13    7.4-11     11.1       0.39-0.51
+  low     dlib         32       1.52        1.03        10.7        44.4       0.54
+  mid     dlib          8       1.96        1.94         7.4        11.1       0.44
+  high    dlib          8       3.73        3.63         7.1        11.1       0.46
+  low     facenet       8       5.10        3.45        22.5        47.6       0.40
+
+Before the layers.py rewrite of the extractors' convolutions (same machine,
+same process, random 160 patches, low preset, dlib, batch 8): 6.49 s/face
+wall, 4.30 CPU s/face; after: 1.56 wall, 1.00 CPU s/face. Peak memory
+(ru_maxrss) 1.1-1.5 GB with dlib, 1.7 GB with facenet.
 """
 
 from __future__ import annotations

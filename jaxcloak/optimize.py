@@ -11,6 +11,11 @@ perturbation lives on the photo's own pixels (Fawkes, Shan et al. 2020, Eq. 3):
 with x' = (tanh(w) + 1) / 2 inside the mask, lambda_i adapted per image, and the
 best within-budget iterate kept. Untargeted mode maximises ||F_e(A_e x') - F_e(A_e x)||.
 Images are float32 NHWC in [0, 1].
+
+The whole step loop is one `lax.while_loop`. On XLA CPU a convolution's input
+gradient is ~5-30x slower inside a loop body than outside one; the extractors
+are built from `models/layers.py`, whose convolutions avoid that
+(benchmarks/cloak.py measures the loop).
 """
 
 from __future__ import annotations

@@ -2,10 +2,19 @@
 
 `Evaluation(Settings(...)).run()` returns records; `report.write` turns them
 into report.md, results.jsonl and plots. The `jaxcloak eval` subcommand is
-`cli.add_parser` / `cli.run`.
+`cli.add_parser` / `cli.run`. Names are imported lazily so that building the
+CLI parser does not load JAX.
 """
 
-from jaxcloak.eval.experiments import EXPERIMENTS, Evaluation, Settings
-from jaxcloak.eval.metrics import Rate, accuracy, psr
+_LAZY = {"EXPERIMENTS": "experiments", "Evaluation": "experiments", "Settings": "experiments",
+         "Rate": "metrics", "accuracy": "metrics", "psr": "metrics"}
 
-__all__ = ["EXPERIMENTS", "Evaluation", "Rate", "Settings", "accuracy", "psr"]
+
+def __getattr__(name):
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(f"jaxcloak.eval.{_LAZY[name]}"), name)
+  raise AttributeError(f"module 'jaxcloak.eval' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)

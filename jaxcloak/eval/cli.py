@@ -18,6 +18,11 @@ QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, ba
              budgets=(0.004, 0.012), transforms=("blur:1", "noise:0.02", "jpeg:50", "augment"),
              augment_copies=1, adaptive_photos=1, finetune_epochs=1)
 
+# The experiments' names (jaxcloak.eval.experiments.EXPERIMENTS), repeated here
+# so building the parser does not import JAX; a test keeps them equal.
+EXPERIMENT_NAMES = ("matrix", "budget", "leakage", "transforms", "robust", "adaptive", "finetune",
+                    "detection")
+
 _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or ','
     "user_models": ("user_models", str), "trackers": ("trackers", str), "kinds": ("kinds", str),
     "experiments": ("experiments", str), "budgets": ("budgets", float),
@@ -32,7 +37,6 @@ _SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos"
 def add_parser(subparsers) -> argparse.ArgumentParser:
   """Adds the `eval` subcommand to a CLI's subparsers."""
   from jaxcloak.config import PRESETS
-  from jaxcloak.eval.experiments import EXPERIMENTS
   p = subparsers.add_parser(
       "eval", help="measure protection: trackers, PSR matrix, robustness, detection",
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,7 +80,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--finetune-epochs", type=int)
   g.add_argument("--insightface-root", help="insightface model root (default ~/.insightface)")
   g = p.add_argument_group("experiments")
-  g.add_argument("--experiments", help=f"comma list from {','.join(EXPERIMENTS)} (default all)")
+  g.add_argument("--experiments", help=f"comma list from {','.join(EXPERIMENT_NAMES)}, run in this order "
+                      "(default all)")
   g.add_argument("--leaks", help="comma list of leaked fractions (default 0,0.2,0.5)")
   g.add_argument("--transforms", help="comma list: blur:SIGMA, noise:SIGMA, jpeg:QUALITY, augment")
   g.add_argument("--augment-copies", type=int)

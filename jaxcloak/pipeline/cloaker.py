@@ -117,15 +117,18 @@ class Cloaker:
     return self.region_features(regions)
 
   def region_features(self, regions: Sequence[regions_lib.Region]) -> dict[str, np.ndarray]:
-    out = {e.name: [] for e in self.extractors}
-    for bucket, group in _group_by_bucket(regions):
+    """extractor -> [n, d] unit features of the regions, in input order."""
+    out = {e.name: np.zeros((len(regions), e.embedding_dim), np.float32) for e in self.extractors}
+    indexed = [(i, r) for i, r in enumerate(regions)]
+    for bucket, group in _group_by_bucket(indexed, key=lambda ir: ir[1]):
       for chunk in _chunks(group, self.batch_size):
-        patches, affines = _stack_regions(chunk, self.batch_size, bucket, len(self.extractors))
+        patches, affines = _stack_regions([r for _, r in chunk], self.batch_size, bucket,
+                                          len(self.extractors))
         feats = self.features(patches, affines)
+        rows = [i for i, _ in chunk]
         for e, f in zip(self.extractors, feats):
-          out[e.name].append(np.asarray(f)[:len(chunk)])
-    return {k: (np.concatenate(v) if v else np.zeros((0, e.embedding_dim), np.float32))
-            for (k, v), e in zip(out.items(), self.extractors)}
+          out[e.name][rows] = np.asarray(f)[:len(chunk)]
+    return out
 
   def optimise(self, faces: Sequence[Face], targets: dict[int, dict[str, np.ndarray]]) -> None:
     """Runs the compiled cloak on every face with a region; `targets` by id(face)."""

@@ -90,3 +90,21 @@ def test_targeted_one_target_per_user(cloaker, photos, tmp_path, pool_dir):
   for f in cloaked:
     d = f["features"]["dlib"]
     assert d["target_distance_after"] < d["target_distance_before"]
+
+
+def test_region_features_keep_input_order_across_buckets(cloaker, faces_dir):
+  from jaxcloak.pipeline.cloaker import Item
+  from PIL import Image as _Image
+  f = sorted(sorted(d for d in faces_dir.iterdir() if d.is_dir())[1].glob("*.jpg"))[0]
+  big = io.BytesIO()
+  _Image.open(f).resize((500, 500)).save(big, "JPEG", quality=95)
+  items = [Item("a.jpg", f.read_bytes()), Item("b.jpg", big.getvalue()), Item("c.jpg", f.read_bytes())]
+  for it in items:
+    cloaker.decode(it)
+  cloaker.detect(items)
+  cloaker.make_regions(items)
+  regions = [it.faces[0].region for it in items]
+  assert regions[0].bucket != regions[1].bucket
+  together = cloaker.region_features(regions)["dlib"]
+  alone = [cloaker.region_features([r])["dlib"][0] for r in regions]
+  np.testing.assert_allclose(together, np.stack(alone), atol=1e-5)

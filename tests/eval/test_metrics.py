@@ -168,3 +168,24 @@ def test_crop_robust_probe_on_a_tiny_model():
   adv = clf._adversarial(trackers.LinearProbe(steps=50).fit(emb.embed_crops(x), y, 3), x, y)
   assert np.abs(adv - x).max() <= 2 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
   assert metrics.accuracy(clf.fit(x, y, 3).predict(x), y).value >= 0.9
+
+
+def test_cli_parser_is_light_and_maps_flags_to_settings():
+  import argparse
+  import subprocess
+  import sys
+  from jaxcloak.eval import cli, experiments
+  assert cli.EXPERIMENT_NAMES == experiments.EXPERIMENTS
+  code = ("import argparse, sys; from jaxcloak.eval import cli; "
+          "cli.add_parser(argparse.ArgumentParser().add_subparsers()); "
+          "print('jax' in sys.modules)")
+  assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        check=True).stdout.strip() == "False"
+  p = argparse.ArgumentParser()
+  cli.add_parser(p.add_subparsers(dest="command"))
+  args = p.parse_args(["eval", "D", "--pool", "P", "-o", "R", "--quick", "--users", "3",
+                       "--user-models", "dlib;dlib+sface", "--budgets", "0.01,0.02"])
+  s = cli.settings_from_args(args)
+  assert s.users == 3 and s.steps == 10 and s.user_models == ("dlib", "dlib+sface")
+  assert s.budgets == (0.01, 0.02) and s.base_config().extractors == ("dlib",)
+  assert s.base_config("dlib+sface").extractors == ("dlib", "sface")
