@@ -102,7 +102,10 @@ def load_faces(n: int, seed: int = 0) -> list[np.ndarray]:
   from PIL import Image
   paths = sorted(FACES.glob("*/*.jpg"))
   if not paths:
-    raise SystemExit(f"no photos under {FACES}")
+    # Machines without ../shared/data (e.g. a lent GPU box): the bundled samples.
+    from jaxcloak import SAMPLES_DIR
+    print(f"note: no photos under {FACES}; using {SAMPLES_DIR}", file=sys.stderr)
+    paths = sorted(SAMPLES_DIR.glob("*.jpg"))
   rng = np.random.default_rng(seed)
   picks = rng.choice(len(paths), size=min(n, len(paths)), replace=False)
   return [np.asarray(Image.open(paths[i]).convert("RGB")) for i in sorted(picks)]

@@ -115,7 +115,8 @@ def _quality_section(records) -> str:
     seen.add(r["config"])
     table.append([r["config"], _f(r["budget"], 4), r["steps"], f"{r['cloaked']}/{r['photos']}",
                   _f(r["dssim_mean"], 4), _f(r["dssim_max"], 4), _f(r["psnr_mean"], 1),
-                  _f(r.get("feature_shift_mean"), 3), _f(r["seconds_per_photo"], 2), ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
+                  _f(r.get("feature_shift_mean"), 3), _f(r["seconds_per_photo"], 2),
+                  ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
                   f"{r['redetected']}/{r['photos']}"])
   return ("## Cloak quality (on the written files)\n\nDSSIM over each main face's region, "
           "measured on the re-decoded written file; PSNR over the same region; seconds per "

@@ -15,7 +15,7 @@ Images are uint8 RGB photos plus [5, 2] landmarks; crops are float32 NHWC in [0,
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import cv2
 import jax
