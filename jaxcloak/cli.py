@@ -49,7 +49,7 @@ def _config_from_args(args):
   overrides = {}
   for field in ("mode", "budget", "steps", "optimizer", "learning_rate", "target_choice",
                 "target_top_k", "stop_fraction", "batch_size", "min_face", "max_region", "seed",
-                "penalty_init"):
+                "penalty_init", "budget_margin", "jpeg_quality"):
     v = getattr(args, field, None)
     if v is not None:
       overrides[field] = v
@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--extractors", help="comma list, e.g. dlib,facenet (default dlib)")
   c.add_argument("--extractor-weights", help="comma list of weights, one per extractor")
   c.add_argument("--budget", type=float, help="DSSIM budget per face")
+  c.add_argument("--budget-margin", type=float, help="optimise to budget*margin (default 0.9)")
+  c.add_argument("--jpeg-quality", type=int, help="re-encode JPEGs at this quality "
+                 "(default: keep the input's tables)")
   c.add_argument("--steps", type=int)
   c.add_argument("--optimizer", choices=["adam", "adadelta"])
   c.add_argument("--learning-rate", type=float)

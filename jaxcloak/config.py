@@ -22,6 +22,9 @@ class CloakConfig:
   extractors: tuple[str, ...] = ("dlib",)
   extractor_weights: tuple[float, ...] = ()  # empty = equal weights
   budget: float = 0.012  # DSSIM = (1 - SSIM) / 2 over each face region
+  # The optimiser aims at budget * margin: re-encoding adds DSSIM, and shrinking
+  # a finished cloak to fit costs far more protection than aiming lower.
+  budget_margin: float = 0.9
   steps: int = 75
   optimizer: Literal["adam", "adadelta"] = "adam"
   learning_rate: float = 0.01  # in tanh space; tuned on LFW faces (low preset: 0.005-0.01 best)
@@ -35,6 +38,10 @@ class CloakConfig:
   # LowKey-style robustness: also match through Gaussian-blurred crops.
   blur_sigmas: tuple[float, ...] = ()
   batch_size: int = 8
+  # JPEG output: None keeps the input's quantisation tables (same quality and
+  # size); an int re-encodes at that quality. Low-quality inputs erase part of
+  # the cloak when kept (see BUILD.md).
+  jpeg_quality: int | None = None
   detect_upscale: bool = True  # run YuNet on small photos enlarged to 640 (better recall)
   min_face: int = 32  # faces narrower than this (pixels) are reported, not cloaked
   max_region: int = 512  # region side above which the cloak is optimised downscaled
@@ -49,6 +56,10 @@ class CloakConfig:
       raise ValueError("extractor_weights must have one weight per extractor")
     if not 0.0 < self.budget < 1.0:
       raise ValueError(f"DSSIM budget must be in (0, 1), got {self.budget}")
+    if not 0.0 < self.budget_margin <= 1.0:
+      raise ValueError("budget_margin must be in (0, 1]")
+    if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+      raise ValueError("jpeg_quality must be in 1..100")
     if self.steps < 1:
       raise ValueError("steps must be >= 1")
     if self.optimizer not in ("adam", "adadelta"):

@@ -114,8 +114,10 @@ def decode(data: bytes, *, name: str = "photo", max_pixels: int = MAX_PIXELS) ->
   return Photo(np.ascontiguousarray(rgb), fmt, mode, alpha, exif, icc, qtables, subsampling, notes)
 
 
-def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False) -> tuple[bytes, str]:
-  """Encodes cloaked pixels like the source photo. Returns (bytes, format)."""
+def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False,
+           jpeg_quality: int | None = None) -> tuple[bytes, str]:
+  """Encodes cloaked pixels like the source photo (JPEG: its own tables unless
+  `jpeg_quality` is given). Returns (bytes, format)."""
   if photo.grayscale:
     # The cloak on a grayscale photo is optimised on equal channels; keep one.
     im = Image.fromarray(np.round(rgb.astype(np.float32).mean(axis=2)).astype(np.uint8), "L")
@@ -134,7 +136,9 @@ def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False) -> tu
   if fmt == "JPEG":
     if im.mode not in ("RGB", "L"):
       im = im.convert("RGB")
-    if photo.jpeg_qtables:
+    if jpeg_quality is not None:
+      kwargs["quality"] = jpeg_quality
+    elif photo.jpeg_qtables:
       kwargs["qtables"] = photo.jpeg_qtables
       if photo.jpeg_subsampling is not None and photo.jpeg_subsampling >= 0:
         kwargs["subsampling"] = photo.jpeg_subsampling

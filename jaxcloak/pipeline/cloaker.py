@@ -156,7 +156,7 @@ class Cloaker:
       for k, e in enumerate(self.extractors):
         if t is not None:
           tgt[k][i] = t[e.name]
-    budgets = np.full((b,), self.config.budget, np.float32)
+    budgets = np.full((b,), self.config.budget * self.config.budget_margin, np.float32)
     active = np.arange(b) < n
     return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active)
 
@@ -173,7 +173,8 @@ class Cloaker:
       rgb = photo.rgb
       for f in cloaked:
         rgb = regions_lib.paste(rgb, f.region, f.cloaked_patch, f.strength)
-      data, fmt = photo_io.encode(photo, rgb, strip_metadata=self.strip_metadata)
+      data, fmt = photo_io.encode(photo, rgb, strip_metadata=self.strip_metadata,
+                                  jpeg_quality=self.config.jpeg_quality)
       written = photo_io.decode(data, name=item.name, max_pixels=self.max_pixels).rgb
       over = False
       for f in cloaked:
