@@ -13,6 +13,7 @@ from jaxcloak import SAMPLES_DIR, __version__
 
 EXTRA_COMMANDS = {
     "migrate": "jaxcloak.pipeline.migrate",
+    "eval": "jaxcloak.eval.cli",
 }
 
 
