@@ -12,7 +12,7 @@ photos/s for each, Ray's overhead per photo versus in-process, device, versions.
 Last seen (2-core shared CPU VM, no GPU, noisy: other jobs were running;
 dlib, untargeted, `--photos 32 --steps 5`, batch 8, 64 px regions): in-process
 0.52 photos/s; Ray 1 cloak actor 0.94 (the detect and cloak stages overlap on
-2 cores); Ray 2 cloak actors 0.80. See docs/scale.md for the 10 M estimate.
+2 cores); Ray 2 cloak actors 0.80. See BUILD.md ("Archive scale") for the 10 M estimate.
 """
 
 from __future__ import annotations

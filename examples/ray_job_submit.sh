@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Submits `jaxcloak migrate` to a running Ray cluster (see docs/scale.md for
+# Submits `jaxcloak migrate` to a running Ray cluster (see BUILD.md, "Archive scale", for
 # starting one). Run from the repository root:
 #
 #   RAY_ADDRESS=http://HEAD_IP:8265 examples/ray_job_submit.sh /data/archive /data/cloaked
