@@ -44,11 +44,13 @@ def main():
   ap.add_argument("--per-user", type=int, default=10)
   ap.add_argument("--steps", type=int)
   ap.add_argument("--jpeg-quality", type=int, help="default: keep the inputs' tables")
+  ap.add_argument("--refine-rounds", type=int, default=0)
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   overrides = {"extractors": (args.extractor,), "mode": "targeted"}
   if args.steps:
     overrides["steps"] = args.steps
+  overrides["refine_rounds"] = args.refine_rounds
   if args.jpeg_quality:
     overrides["jpeg_quality"] = args.jpeg_quality
   config = preset(args.preset, **overrides)
@@ -115,7 +117,7 @@ def main():
       over += regions_lib.region_dssim(orig, written, f["region"]) > config.budget + 1e-9
   print(json.dumps({
       "bench": "cloak_acceptance", "preset": args.preset, "extractor": ext,
-      "jpeg_quality": args.jpeg_quality or "keep",
+      "jpeg_quality": args.jpeg_quality or "keep", "refine_rounds": args.refine_rounds,
       "budget": config.budget, "steps": config.steps, "photos": summary["photos"],
       "by_status": summary["by_status"], "faces_cloaked": n_faces,
       "faces_over_budget_on_written_file": int(over),

@@ -50,7 +50,7 @@ def _config_from_args(args):
   overrides = {}
   for field in ("mode", "budget", "steps", "optimizer", "learning_rate", "target_choice",
                 "target_top_k", "stop_fraction", "batch_size", "min_face", "max_region", "seed",
-                "penalty_init", "budget_margin", "jpeg_quality"):
+                "penalty_init", "budget_margin", "jpeg_quality", "refine_rounds"):
     v = getattr(args, field, None)
     if v is not None:
       overrides[field] = v
@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--budget-margin", type=float, help="optimise to budget*margin (default 0.9)")
   c.add_argument("--jpeg-quality", type=int, help="re-encode JPEGs at this quality "
                  "(default: keep the input's tables)")
+  c.add_argument("--refine-rounds", type=int, help="extra rounds from the written pixels")
   c.add_argument("--steps", type=int)
   c.add_argument("--optimizer", choices=["adam", "adadelta"])
   c.add_argument("--learning-rate", type=float)

@@ -42,6 +42,9 @@ class CloakConfig:
   # size); an int re-encodes at that quality. Low-quality inputs erase part of
   # the cloak when kept (see BUILD.md).
   jpeg_quality: int | None = None
+  # Extra rounds restarted from each face's written, re-decoded pixels, so the
+  # cloak adapts to what re-encoding removes (each round costs one more run).
+  refine_rounds: int = 0
   detect_upscale: bool = True  # run YuNet on small photos enlarged to 640 (better recall)
   min_face: int = 32  # faces narrower than this (pixels) are reported, not cloaked
   max_region: int = 512  # region side above which the cloak is optimised downscaled
@@ -60,6 +63,8 @@ class CloakConfig:
       raise ValueError("budget_margin must be in (0, 1]")
     if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
       raise ValueError("jpeg_quality must be in 1..100")
+    if self.refine_rounds < 0:
+      raise ValueError("refine_rounds must be >= 0")
     if self.steps < 1:
       raise ValueError("steps must be >= 1")
     if self.optimizer not in ("adam", "adadelta"):

@@ -42,6 +42,10 @@ class Batch(NamedTuple):
   targets: tuple  # per extractor [b, d] unit target features (ignored if untargeted)
   budgets: jax.Array  # [b] DSSIM budget per item
   active: jax.Array  # [b] bool, False for padding items
+  # [b, s, s, 3] where the search starts (e.g. the re-decoded written cloak of
+  # a previous round); None = the original patches. DSSIM is always measured
+  # against `patches`.
+  starts: Any = None
 
 
 class Result(NamedTuple):
@@ -100,7 +104,7 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     traces.append(1)  # runs at trace time only
     orig = batch.patches
     mask = batch.masks[..., None]
-    w0 = losses.to_tanh_space(orig)
+    w0 = losses.to_tanh_space(orig if batch.starts is None else batch.starts)
     self_feats = features(params, orig, batch.affines)
     refs = [t[None] for t in batch.targets] if targeted else self_feats
     start = weighted_distance(self_feats, refs)

@@ -130,12 +130,18 @@ class Cloaker:
           out[e.name][rows] = np.asarray(f)[:len(chunk)]
     return out
 
-  def optimise(self, faces: Sequence[Face], targets: dict[int, dict[str, np.ndarray]]) -> None:
-    """Runs the compiled cloak on every face with a region; `targets` by id(face)."""
-    todo = [f for f in faces if f.region is not None and f.status == "pending"]
+  def optimise(self, faces: Sequence[Face], targets: dict[int, dict[str, np.ndarray]],
+               starts: dict[int, np.ndarray] | None = None) -> None:
+    """Runs the compiled cloak on every face with a region; `targets` by id(face).
+
+    `starts` (by id(face)) restarts the search from given patches (refinement);
+    then every face listed there is optimised whatever its status.
+    """
+    todo = [f for f in faces if f.region is not None
+            and (f.status == "pending" or (starts is not None and id(f) in starts))]
     for bucket, group in _group_by_bucket(todo, key=lambda f: f.region):
       for chunk in _chunks(group, self.batch_size):
-        batch = self._batch(chunk, bucket, targets)
+        batch = self._batch(chunk, bucket, targets, starts or {})
         res = jax.device_get(self.cloak_fn(shard_batch(batch, self.mesh)))
         for i, f in enumerate(chunk):
           f.cloaked_patch = np.asarray(res.cloaked[i])
@@ -145,7 +151,7 @@ class Cloaker:
                      "self_distance": float(res.self_distance[i])}
           f.status = "cloaked" if bool(res.found[i]) else "not_improved"
 
-  def _batch(self, chunk, bucket, targets) -> Batch:
+  def _batch(self, chunk, bucket, targets, starts) -> Batch:
     n, b = len(chunk), self.batch_size
     patches, affines = _stack_regions([f.region for f in chunk], b, bucket, len(self.extractors))
     masks = np.zeros((b, bucket, bucket), np.float32)
@@ -158,7 +164,62 @@ class Cloaker:
           tgt[k][i] = t[e.name]
     budgets = np.full((b,), self.config.budget * self.config.budget_margin, np.float32)
     active = np.arange(b) < n
-    return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active)
+    # Always an array (never None) so refinement rounds reuse the same compile.
+    start = patches.copy()
+    for i, f in enumerate(chunk):
+      if id(f) in starts:
+        start[i] = starts[id(f)]
+    return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active, start)
+
+  def _written_objective(self, pairs, targets) -> np.ndarray:
+    """Per (item, face): the goal measured on the written file (lower is better)."""
+    if not pairs:
+      return np.zeros((0,))
+    written = self.region_features([regions_lib.recut(f.region, it.written_rgb) for it, f in pairs])
+    w = np.asarray(self.config.weights, np.float64) / np.sum(self.config.weights)
+    if self.config.mode == "targeted":
+      return sum(wi * np.array([np.linalg.norm(written[e.name][k] - targets[id(f)][e.name])
+                                for k, (_, f) in enumerate(pairs)])
+                 for wi, e in zip(w, self.extractors))
+    orig = self.region_features([f.region for _, f in pairs])
+    return -sum(wi * np.linalg.norm(written[e.name] - orig[e.name], axis=1)
+                for wi, e in zip(w, self.extractors))
+
+  def refine(self, items: Sequence[Item], targets: dict[int, dict[str, np.ndarray]]) -> None:
+    """One more optimisation round per cloaked face, started from its written pixels.
+
+    Re-encoding (the source's JPEG tables, 8-bit rounding, the budget back-off)
+    erases part of a cloak; optimising again from the re-decoded file lets the
+    optimiser restore what the encoder removed. Each face keeps whichever round
+    is better on its written file.
+    """
+    done = [it for it in items if it.status == "cloaked"]
+    pairs = [(it, f) for it in done for f in it.faces if f.status == "cloaked"]
+    if not pairs:
+      return
+    before = self._written_objective(pairs, targets)
+    saved = {id(f): (f.cloaked_patch, dict(f.stats), f.strength) for _, f in pairs}
+    starts = {id(f): regions_lib.recut(f.region, it.written_rgb).patch for it, f in pairs}
+    self.optimise([f for _, f in pairs], targets, starts)
+    for it in done:
+      for f in it.faces:
+        f.strength = 1.0
+      it.status, it.output = "pending", None
+      self.write_back(it)
+    after = self._written_objective([(it, f) for it, f in pairs], targets) \
+        if all(it.status == "cloaked" for it in done) else np.full(len(pairs), np.inf)
+    redo = set()
+    for k, (it, f) in enumerate(pairs):
+      if not (f.status == "cloaked" and after[k] < before[k]):
+        f.cloaked_patch, f.stats, f.strength = saved[id(f)]
+        f.status = "cloaked"
+        redo.add(id(it))
+      else:
+        f.stats["refined"] = True
+    for it in done:
+      if id(it) in redo:
+        it.status, it.output = "pending", None
+        self.write_back(it)
 
   def write_back(self, item: Item) -> None:
     """Pastes cloaked faces, encodes, and enforces the budget on the re-decoded bytes."""

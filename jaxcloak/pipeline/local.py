@@ -173,6 +173,8 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         cloaker.optimise(faces, tfeats)
         for it in items:
           cloaker.write_back(it)
+        for _ in range(config.refine_rounds):
+          cloaker.refine(items, tfeats)
         # Feature shift measured on the written, re-decoded files.
         done = [(it, f) for it in items if it.status == "cloaked" for f in it.faces
                 if f.status == "cloaked"]

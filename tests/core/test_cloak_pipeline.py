@@ -108,3 +108,19 @@ def test_region_features_keep_input_order_across_buckets(cloaker, faces_dir):
   together = cloaker.region_features(regions)["dlib"]
   alone = [cloaker.region_features([r])["dlib"][0] for r in regions]
   np.testing.assert_allclose(together, np.stack(alone), atol=1e-5)
+
+
+def test_refine_round_keeps_budget_on_written_files(photos, tmp_path):
+  out = tmp_path / "out_r"
+  cloaker = Cloaker(preset("low", steps=4, batch_size=4, mode="untargeted", refine_rounds=1))
+  cloak_photos(cloaker, collect_photos([photos]), out, progress=False)
+  records = [json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()]
+  faces = [f for r in records for f in r["faces"] if f["status"] == "cloaked"]
+  assert faces and all(f["dssim"] <= cloaker.config.budget for f in faces)
+  for r in records:
+    if r["status"] == "cloaked":
+      orig = photo_io.decode((photos / r["input"]).read_bytes()).rgb
+      written = photo_io.decode((out / r["output"]).read_bytes()).rgb
+      for f in r["faces"]:
+        if f["status"] == "cloaked":
+          assert regions_lib.region_dssim(orig, written, f["region"]) <= cloaker.config.budget
