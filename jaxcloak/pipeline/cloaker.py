@@ -10,14 +10,12 @@ re-encoding pushed it over budget) -> atomic write.
 from __future__ import annotations
 
 import dataclasses
-import time
-from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
 
-from jaxcloak import models, targets as targets_lib
+from jaxcloak import models
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import regions as regions_lib

