@@ -20,13 +20,14 @@ QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, ba
 
 # The experiments' names (jaxcloak.eval.experiments.EXPERIMENTS), repeated here
 # so building the parser does not import JAX; a test keeps them equal.
-EXPERIMENT_NAMES = ("matrix", "budget", "leakage", "transforms", "robust", "adaptive", "finetune",
-                    "detection")
+EXPERIMENT_NAMES = ("matrix", "budget", "leakage", "robust", "adaptive", "detection", "transforms",
+                    "finetune")
 
 _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or ','
     "user_models": ("user_models", str), "trackers": ("trackers", str), "kinds": ("kinds", str),
     "experiments": ("experiments", str), "budgets": ("budgets", float),
     "leaks": ("leaks", float), "transforms": ("transforms", str), "user_names": ("user_names", str),
+    "focus_trackers": ("focus_trackers", str),
 }
 _SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos", "background",
             "users", "train_per_user", "min_test", "preset", "steps", "batch_size", "probe_steps",
@@ -68,6 +69,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="comma list of tracker extractors: dlib, facenet, sface, or "
                       "insightface:<pack name or .onnx path> (default dlib,facenet,sface)")
   g.add_argument("--kinds", help="comma list of probe,knn (default both)")
+  g.add_argument("--focus-trackers",
+                 help="trackers for the costly transforms and finetune experiments "
+                      "(default: the white-box ones, whose extractor is in the base user model)")
   g.add_argument("--probe-steps", type=int)
   g.add_argument("--knn-k", type=int)
   g.add_argument("--robust-eps", type=float, help="PGD radius on unit features (default 0.1)")
