@@ -80,7 +80,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxcloak import losses, models  # noqa: E402
+from jaxcloak import jpeg, losses, models  # noqa: E402
 from jaxcloak.config import preset  # noqa: E402
 from jaxcloak.faces.align import warp_affine  # noqa: E402
 from jaxcloak.faces.detect import Detector  # noqa: E402
@@ -99,7 +99,16 @@ def face_regions(photos, extractors):
   return [r for r in regions if r.bucket == bucket], bucket
 
 
-def make_batches(regions, extractors, targets, b, budget):
+def jpeg_spec(quality, b):
+  """Every item written as a JPEG at `quality` (LFW's own: 75, 4:2:0), or None."""
+  if quality is None:
+    return None
+  luma, chroma, sub = jpeg.tables_for_quality(quality)
+  return jpeg.JpegSpec(np.tile(luma, (b, 1, 1)), np.tile(chroma, (b, 1, 1)),
+                       np.full((b,), sub, np.int32), np.ones((b,), bool))
+
+
+def make_batches(regions, extractors, targets, b, budget, jpeg_quality=None):
   """Batches of b regions (the last padded with inactive copies)."""
   out = []
   for start in range(0, len(regions), b):
@@ -114,7 +123,7 @@ def make_batches(regions, extractors, targets, b, budget):
         affines=tuple(np.stack([r.affines[k] for r in chunk]) for k in range(len(extractors))),
         targets=tuple(t[idx] for t in targets),
         budgets=np.full((b,), budget, np.float32),
-        active=np.arange(b) < n))
+        active=np.arange(b) < n, jpeg=jpeg_spec(jpeg_quality, b)))
   return out
 
 
@@ -124,7 +133,8 @@ def step_flops(extractors, batch: Batch) -> float | None:
     x = losses.from_tanh_space(w)
     total = 0.0
     for ext, m, t in zip(extractors, batch.affines, batch.targets):
-      crops = jax.vmap(warp_affine, in_axes=(0, 0, None))(x, m, ext.input_size)
+      crops = jax.vmap(warp_affine, in_axes=(0, 0, None))(jpeg.apply(x, batch.jpeg), m,
+                                                          ext.input_size)
       f = losses.normalize(ext.embed(ext.params, crops))
       total = total + jnp.sum(losses.squared_distance(f, t))
     return total + jnp.sum(losses.dssim(x, batch.patches, batch.masks))
@@ -132,12 +142,13 @@ def step_flops(extractors, batch: Batch) -> float | None:
   return xla_flops(jax.jit(jax.value_and_grad(loss)), w, batch)
 
 
-def run_one(preset_name, names, extractors, regions, targets, b, n_faces, peak, bucket):
+def run_one(preset_name, names, extractors, regions, targets, b, n_faces, peak, bucket,
+            jpeg_quality=None):
   config = preset(preset_name, extractors=tuple(names), batch_size=b)
   fn = make_cloak_fn(extractors, config)
   order = np.arange(n_faces) % len(regions)  # repeats faces when asked for more
   batches = make_batches([regions[i] for i in order], extractors,
-                         [t[order] for t in targets], b, config.budget)
+                         [t[order] for t in targets], b, config.budget, jpeg_quality)
   t = time.perf_counter()
   compiled = fn.fn.lower(fn.params, batches[0]).compile()
   compile_s = time.perf_counter() - t
@@ -150,6 +161,7 @@ def run_one(preset_name, names, extractors, regions, targets, b, n_faces, peak, 
     cpu += time.process_time() - c
     steps.append(int(np.max(np.asarray(res.steps))))
   rec = dict(bench="cloak", preset=preset_name, extractors="+".join(names), batch=b,
+             jpeg_aware=jpeg_quality,
              bucket=bucket, faces=n_faces, compile_s=compile_s,
              seconds_per_face=seconds / n_faces, faces_per_s=n_faces / seconds,
              # CPU seconds (all threads) per face: on a shared machine this,
@@ -263,6 +275,9 @@ def main() -> None:
   parser.add_argument("--faces", type=int, default=0,
                       help="faces timed per setting (default: one batch)")
   parser.add_argument("--photos", type=int, default=48, help="photos read and detected")
+  parser.add_argument("--jpeg", default="none",
+                      help="comma list: none (raw pixels) and/or JPEG qualities whose encode "
+                           "the loss simulates (the engine's default for JPEG outputs; LFW: 75)")
   parser.add_argument("--fawkes", action="store_true",
                       help="also the official Fawkes vs jaxcloak, per preset in --presets")
   parser.add_argument("--fawkes-photos", type=int, default=4, help="photos for --fawkes")
@@ -289,7 +304,9 @@ def main() -> None:
     targets = [np.roll(np.asarray(f), -1, axis=0) for f in feats]
     for preset_name in args.presets.split(","):
       for b in batches:
-        run_one(preset_name, names, extractors, regions, targets, b, args.faces or b, peak, bucket)
+        for q in args.jpeg.split(","):
+          run_one(preset_name, names, extractors, regions, targets, b, args.faces or b, peak,
+                  bucket, None if q == "none" else int(q))
   if args.fawkes:
     for preset_name in args.presets.split(","):
       compare_fawkes(preset_name, args.fawkes_photos)

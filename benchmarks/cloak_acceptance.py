@@ -45,12 +45,14 @@ def main():
   ap.add_argument("--steps", type=int)
   ap.add_argument("--jpeg-quality", type=int, help="default: keep the inputs' tables")
   ap.add_argument("--refine-rounds", type=int, default=0)
+  ap.add_argument("--no-jpeg-aware", action="store_true", help="optimise on raw pixels")
   ap.add_argument("--out", default=None)
   args = ap.parse_args()
   overrides = {"extractors": (args.extractor,), "mode": "targeted"}
   if args.steps:
     overrides["steps"] = args.steps
   overrides["refine_rounds"] = args.refine_rounds
+  overrides["jpeg_aware"] = not args.no_jpeg_aware
   if args.jpeg_quality:
     overrides["jpeg_quality"] = args.jpeg_quality
   config = preset(args.preset, **overrides)

@@ -46,7 +46,7 @@ def _weights_list(args) -> int:
 
 
 def _config_from_args(args):
-  from jaxcloak.config import PRESETS, preset
+  from jaxcloak.config import preset
   overrides = {}
   for field in ("mode", "budget", "steps", "optimizer", "learning_rate", "target_choice",
                 "target_top_k", "stop_fraction", "batch_size", "min_face", "max_region", "seed",
@@ -58,6 +58,8 @@ def _config_from_args(args):
     overrides["extractors"] = tuple(args.extractors.split(","))
   if args.extractor_weights:
     overrides["extractor_weights"] = tuple(float(w) for w in args.extractor_weights.split(","))
+  if args.no_jpeg_aware:
+    overrides["jpeg_aware"] = False
   if args.blur_sigmas:
     overrides["blur_sigmas"] = tuple(float(s) for s in args.blur_sigmas.split(","))
   return preset(args.preset, **overrides)
@@ -98,7 +100,6 @@ def _cloak(args) -> int:
 
 def _embed(args) -> int:
   """Embeds photos' main faces with every extractor and prints a similarity matrix."""
-  import numpy as np
   from jaxcloak.config import CloakConfig
   from jaxcloak.pipeline.cloaker import Cloaker, Item
   from jaxcloak.pipeline.local import collect_photos
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--budget-margin", type=float, help="optimise to budget*margin (default 0.9)")
   c.add_argument("--jpeg-quality", type=int, help="re-encode JPEGs at this quality "
                  "(default: keep the input's tables)")
+  c.add_argument("--no-jpeg-aware", action="store_true",
+                 help="optimise JPEG outputs on raw pixels, not through a simulated encode")
   c.add_argument("--refine-rounds", type=int, help="extra rounds from the written pixels")
   c.add_argument("--steps", type=int)
   c.add_argument("--optimizer", choices=["adam", "adadelta"])

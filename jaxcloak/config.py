@@ -42,6 +42,9 @@ class CloakConfig:
   # size); an int re-encodes at that quality. Low-quality inputs erase part of
   # the cloak when kept (see BUILD.md).
   jpeg_quality: int | None = None
+  # Optimise JPEG outputs through a differentiable round trip with the tables
+  # they are written with, so the encoder does not erase the cloak.
+  jpeg_aware: bool = True
   # Extra rounds restarted from each face's written, re-decoded pixels, so the
   # cloak adapts to what re-encoding removes (each round costs one more run).
   refine_rounds: int = 0

@@ -10,6 +10,9 @@ perturbation lives on the photo's own pixels (Fawkes, Shan et al. 2020, Eq. 3):
 
 with x' = (tanh(w) + 1) / 2 inside the mask, lambda_i adapted per image, and the
 best within-budget iterate kept. Untargeted mode maximises ||F_e(A_e x') - F_e(A_e x)||.
+When the output is a JPEG, the features are taken after a differentiable round
+trip of x' through that encoder (`jpeg.py`), so the cloak is built from what
+the encoder keeps.
 Images are float32 NHWC in [0, 1].
 
 The whole step loop is one `lax.while_loop`. On XLA CPU a convolution's input
@@ -28,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcloak import losses
+from jaxcloak import jpeg, losses
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces.align import warp_affine
 from jaxcloak.models.base import Extractor
@@ -46,6 +49,9 @@ class Batch(NamedTuple):
   # a previous round); None = the original patches. DSSIM is always measured
   # against `patches`.
   starts: Any = None
+  # jpeg.JpegSpec: score iterates after a simulated round trip through the
+  # encoder the output is written with (None = score the pixels as they are).
+  jpeg: Any = None
 
 
 class Result(NamedTuple):
@@ -111,9 +117,13 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
 
     def evaluate(w):
       x = losses.from_tanh_space(w) * mask + orig * (1.0 - mask)
-      feats = features(params, x, batch.affines)
+      written = jpeg.apply(x, batch.jpeg)  # what the file will hold
+      feats = features(params, written, batch.affines)
       dist = weighted_distance(feats, refs)
       objective = dist if targeted else -dist
+      # DSSIM stays on the raw pixels: through the simulated encode (whose float
+      # arithmetic is not idempotent on a decoded JPEG, as libjpeg nearly is) its
+      # penalty stalls the search. write_back checks the budget on the file.
       ds = losses.dssim(x, orig, batch.masks)
       return x, objective, dist, ds, feats
 

@@ -32,7 +32,7 @@ _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or 
 _SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos", "background",
             "users", "train_per_user", "min_test", "preset", "steps", "batch_size", "probe_steps",
             "knn_k", "robust_eps", "robust_crop_eps", "pgd_steps", "adaptive_photos", "finetune_epochs",
-            "augment_copies", "weights_dir", "insightface_root")
+            "augment_copies", "weights_dir", "insightface_root", "target_choice")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,6 +64,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="';'- or ','-separated user-side extractors; '+' joins an ensemble "
                       "(default dlib,facenet,sface,dlib+facenet+sface); the first is the base")
   g.add_argument("--budgets", help="comma list of DSSIM budgets for the budget curve")
+  g.add_argument("--target-choice", choices=["max", "average", "random"],
+                 help="the base cloak's target choice (default max)")
+  g.add_argument("--no-jpeg-aware", action="store_true",
+                 help="cloak JPEGs on raw pixels, not through the simulated encode")
   g = p.add_argument_group("trackers")
   g.add_argument("--trackers",
                  help="comma list of tracker extractors: dlib, facenet, sface, or "
@@ -107,6 +111,8 @@ def settings_from_args(args):
     v = getattr(args, field, None)
     if v is not None:
       values[field] = v
+  if getattr(args, "no_jpeg_aware", False):
+    values["jpeg_aware"] = False
   return Settings(data=args.data, pool=args.pool, **values)
 
 

@@ -34,6 +34,8 @@ def config_label(config: CloakConfig) -> str:
     parts.append(f"stop{config.stop_fraction:g}")
   if config.blur_sigmas:
     parts.append("blur" + ",".join(f"{s:g}" for s in config.blur_sigmas))
+  if not config.jpeg_aware:
+    parts.append("rawpixels")
   if config.seed:
     parts.append(f"seed{config.seed}")
   return "/".join(parts)

@@ -57,6 +57,8 @@ class Settings:
   steps: int | None = None
   batch_size: int = 8
   user_models: tuple[str, ...] = ("dlib", "facenet", "sface", "dlib+facenet+sface")
+  target_choice: str = "max"  # the base cloak's target choice (detection varies it)
+  jpeg_aware: bool = True  # optimise through the simulated JPEG encode (the engine's default)
   # Trackers.
   trackers: tuple[str, ...] = ("dlib", "facenet", "sface")
   # Trackers for the costly experiments (transforms re-embed every photo per
@@ -90,6 +92,7 @@ class Settings:
 
   def base_config(self, models: str | None = None, **overrides) -> CloakConfig:
     extra = {"steps": self.steps} if self.steps is not None else {}
+    extra.update(target_choice=self.target_choice, jpeg_aware=self.jpeg_aware)
     extra.update(overrides)
     return preset(self.preset, extractors=tuple((models or self.user_models[0]).split("+")),
                   batch_size=self.batch_size, seed=self.seed, **extra)

@@ -50,13 +50,15 @@ def _crop_footprint(m: np.ndarray, size: int) -> np.ndarray:
 
 
 def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
-                max_region: int = 512, margin: float = 0.05) -> Region:
+                max_region: int = 512, margin: float = 0.05, grid: int = 1) -> Region:
   """Cuts the region for one face.
 
   Args:
     rgb: [h, w, 3] uint8 photo.
     landmarks: [5, 2] YuNet-order landmarks in photo pixels.
     extractors: the models whose crops the region must cover.
+    grid: the region's top-left corner is moved onto multiples of this (a
+      JPEG output's MCU size, so the patch's 8x8 blocks are the encoder's).
   """
   h, w = rgb.shape[:2]
   photo_affines = [similarity_transform(landmarks, e.template).astype(np.float64)
@@ -66,6 +68,7 @@ def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
   (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
   pad = margin * max(x1 - x0, y1 - y0)
   x0, y0 = int(max(0, np.floor(x0 - pad))), int(max(0, np.floor(y0 - pad)))
+  x0, y0 = x0 - x0 % grid, y0 - y0 % grid
   x1, y1 = int(min(w, np.ceil(x1 + pad))), int(min(h, np.ceil(y1 + pad)))
   side = max(x1 - x0, y1 - y0)
   scale = min(1.0, max_region / side)

@@ -15,6 +15,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from jaxcloak import jpeg as jpeg_lib
 from jaxcloak import models
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces import io as photo_io
@@ -35,6 +36,7 @@ class Face:
   cloaked_patch: np.ndarray | None = None
   strength: float = 1.0
   stats: dict = dataclasses.field(default_factory=dict)
+  jpeg: tuple | None = None  # (luma, chroma, subsampling code, on) the output is encoded with
 
 
 @dataclasses.dataclass
@@ -97,12 +99,34 @@ class Cloaker:
 
   def make_regions(self, items: Sequence[Item]) -> None:
     for it in items:
+      spec = self._jpeg_spec(it.photo)
+      # A JPEG output's 8x8 blocks (16x16 MCUs when chroma is subsampled) start
+      # on the region's corner, as the simulated encode in the loss assumes.
+      grid = (8 * max(jpeg_lib.SUBSAMPLING[spec[2]]) if spec[3] else 1) if spec else 1
       for f in it.faces:
         if min(f.box[2], f.box[3]) < self.config.min_face:
           f.status = "too_small"
           continue
         f.region = regions_lib.face_region(it.photo.rgb, f.landmarks, self.extractors,
-                                           max_region=self.config.max_region)
+                                           max_region=self.config.max_region, grid=grid)
+        if spec is not None:
+          on = spec[3] and f.region.scale == 1.0  # downscaled regions have no block grid
+          f.jpeg = spec[:3] + (on,)
+
+  def _jpeg_spec(self, photo: photo_io.Photo) -> tuple | None:
+    """The encoder settings a photo's output is written with, for the loss (None: off)."""
+    if not self.config.jpeg_aware:
+      return None
+    fmt = photo.format if photo.format in photo_io.WRITABLE_FORMATS else "PNG"
+    if fmt != "JPEG" or photo.grayscale:  # grayscale keeps one channel: not simulated
+      return jpeg_lib.spec_arrays(None, None)
+    if self.config.jpeg_quality is not None:
+      luma, chroma, sub = jpeg_lib.tables_for_quality(self.config.jpeg_quality)
+      return luma, chroma, sub, True
+    if photo.jpeg_qtables:
+      return jpeg_lib.spec_arrays(photo.jpeg_qtables, photo.jpeg_subsampling)
+    luma, chroma, sub = jpeg_lib.tables_for_quality(95)  # what encode() falls back to
+    return luma, chroma, sub, True
 
   def identity_features(self, items: Sequence[Item]) -> dict[str, np.ndarray]:
     """extractor -> [m, d] unit features of each photo's main face (for targets)."""
@@ -167,7 +191,17 @@ class Cloaker:
     for i, f in enumerate(chunk):
       if id(f) in starts:
         start[i] = starts[id(f)]
-    return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active, start)
+    return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active, start,
+                 self._jpeg_batch(chunk, b))
+
+  def _jpeg_batch(self, chunk, b) -> jpeg_lib.JpegSpec | None:
+    if not self.config.jpeg_aware:
+      return None
+    off = jpeg_lib.spec_arrays(None, None)
+    specs = [f.jpeg or off for f in chunk] + [off] * (b - len(chunk))
+    return jpeg_lib.JpegSpec(np.stack([s[0] for s in specs]), np.stack([s[1] for s in specs]),
+                             np.array([s[2] for s in specs], np.int32),
+                             np.array([s[3] for s in specs], bool))
 
   def _written_objective(self, pairs, targets) -> np.ndarray:
     """Per (item, face): the goal measured on the written file (lower is better)."""

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
 from skimage.metrics import structural_similarity
 

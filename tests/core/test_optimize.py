@@ -94,3 +94,25 @@ print(json.dumps({"max_diff": float(np.abs(np.asarray(single.cloaked) - np.asarr
   # Reduction order differs across shards; Adam's normalised steps carry that
   # float noise, but it stays below one 8-bit level of the written photo.
   assert diffs["max_diff"] < 1 / 255 and diffs["dssim_diff"] < 1e-5, diffs
+
+
+def test_jpeg_aware_judges_iterates_after_the_encode():
+  import jax
+  import jax.numpy as jnp
+  from jaxcloak import jpeg, losses
+  from jaxcloak.faces.align import warp_affine
+  ext = tiny_extractor()
+  batch = tiny_batch()
+  b = batch.patches.shape[0]
+  luma, chroma, code, _ = jpeg.spec_arrays({0: [8] * 64, 1: [12] * 64}, 2)
+  spec = jpeg.JpegSpec(np.tile(luma, (b, 1, 1)), np.tile(chroma, (b, 1, 1)),
+                       np.full((b,), code, np.int32), np.array([True, True, False, False]))
+  res = make_cloak_fn([ext], _config())(batch._replace(jpeg=spec))
+  assert np.all(np.asarray(res.found))
+  # Items written as JPEG report the distance of their encoded pixels; the others, of the raw ones.
+  encoded = jpeg.apply(jnp.asarray(res.cloaked), spec)
+  crops = jax.vmap(warp_affine, in_axes=(0, 0, None))(encoded, batch.affines[0], ext.input_size)
+  f = losses.normalize(ext.embed(ext.params, crops))
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(f) - batch.targets[0], axis=1),
+                             np.asarray(res.final_distance), atol=2e-3)
+  assert np.all(np.asarray(res.dssim) <= 0.01 + 1e-6)

@@ -12,7 +12,6 @@ import io
 import os
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
