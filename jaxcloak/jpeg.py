@@ -15,6 +15,7 @@ photo's MCU grid (`regions.face_region(grid=...)`).
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import NamedTuple
 
@@ -35,6 +36,12 @@ class JpegSpec(NamedTuple):
   on: jax.Array  # [b] bool: False for items not written as JPEG
 
 
+def mcu_size(subsampling: int) -> int:
+  """Pixels per side of the encoder's minimum coded unit for a PIL subsampling code."""
+  return 8 * max(SUBSAMPLING[subsampling])
+
+
+@functools.lru_cache(maxsize=None)  # one PIL encode per quality, not one per photo
 def tables_for_quality(quality: int) -> tuple[np.ndarray, np.ndarray, int]:
   """(luma, chroma, subsampling) that PIL writes at `quality`, read back from a real encode."""
   buf = io.BytesIO()

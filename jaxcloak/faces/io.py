@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 # Decompression-bomb guard: photos above this many pixels are refused.
 MAX_PIXELS = 120_000_000
 WRITABLE_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP"}
+FALLBACK_JPEG_QUALITY = 95  # a JPEG whose tables cannot be read is written at this
 
 
 class PhotoError(ValueError):
@@ -142,7 +143,7 @@ def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False,
       if photo.jpeg_subsampling is not None and photo.jpeg_subsampling >= 0:
         kwargs["subsampling"] = photo.jpeg_subsampling
     else:
-      kwargs["quality"] = 95
+      kwargs["quality"] = FALLBACK_JPEG_QUALITY
   elif fmt == "WEBP":
     kwargs["lossless"] = True  # lossy WebP would eat the cloak; lossless keeps it exact
   buf = io.BytesIO()

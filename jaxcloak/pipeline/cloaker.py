@@ -102,7 +102,7 @@ class Cloaker:
       spec = self._jpeg_spec(it.photo)
       # A JPEG output's 8x8 blocks (16x16 MCUs when chroma is subsampled) start
       # on the region's corner, as the simulated encode in the loss assumes.
-      grid = (8 * max(jpeg_lib.SUBSAMPLING[spec[2]]) if spec[3] else 1) if spec else 1
+      grid = jpeg_lib.mcu_size(spec[2]) if spec and spec[3] else 1
       for f in it.faces:
         if min(f.box[2], f.box[3]) < self.config.min_face:
           f.status = "too_small"
@@ -120,12 +120,10 @@ class Cloaker:
     fmt = photo.format if photo.format in photo_io.WRITABLE_FORMATS else "PNG"
     if fmt != "JPEG" or photo.grayscale:  # grayscale keeps one channel: not simulated
       return jpeg_lib.spec_arrays(None, None)
-    if self.config.jpeg_quality is not None:
-      luma, chroma, sub = jpeg_lib.tables_for_quality(self.config.jpeg_quality)
-      return luma, chroma, sub, True
-    if photo.jpeg_qtables:
+    quality = self.config.jpeg_quality  # as encode() chooses: set quality, own tables, fallback
+    if quality is None and photo.jpeg_qtables:
       return jpeg_lib.spec_arrays(photo.jpeg_qtables, photo.jpeg_subsampling)
-    luma, chroma, sub = jpeg_lib.tables_for_quality(95)  # what encode() falls back to
+    luma, chroma, sub = jpeg_lib.tables_for_quality(quality or photo_io.FALLBACK_JPEG_QUALITY)
     return luma, chroma, sub, True
 
   def identity_features(self, items: Sequence[Item]) -> dict[str, np.ndarray]:

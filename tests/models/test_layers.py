@@ -28,6 +28,15 @@ def assert_close(a, b, rtol=1e-5):
   assert np.abs(a - b).max() <= rtol * max(np.abs(b).max(), 1.0)
 
 
+def assert_same_values_and_grads(ours, ref, x, k, rng):
+  """ours(x, k) == ref(x, k), and so are both gradients of a random read-out."""
+  y = ref(x, k)
+  assert_close(ours(x, k), y)
+  w = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  for a, b in zip(grads(ours, x, k, w), grads(ref, x, k, w)):
+    assert_close(a, b)
+
+
 @pytest.mark.parametrize("shape,kernel,strides,padding", [
     ((2, 11, 11, 4), (3, 3, 4, 5), (1, 1), ((1, 1), (1, 1))),
     ((2, 12, 11, 4), (3, 3, 4, 5), (2, 2), ((0, 0), (0, 0))),
@@ -41,16 +50,10 @@ def test_conv2d_matches_lax(shape, kernel, strides, padding):
   k = jnp.asarray(rng.standard_normal(kernel), jnp.float32)
   ref = lambda x, k: lax_conv(x, k, strides, padding)
   ours = lambda x, k: layers.conv2d(x, k, strides, padding)
-  y = ref(x, k)
-  assert_close(ours(x, k), y)
-  w = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  for a, b in zip(grads(ours, x, k, w), grads(ref, x, k, w)):
-    assert_close(a, b)
+  assert_same_values_and_grads(ours, ref, x, k, rng)
   if strides[0] == strides[1] and padding[0] == padding[1]:
     s2d = lambda x, k: layers.space_to_depth_conv2d(x, k, strides[0], padding)
-    assert_close(s2d(x, k), y)
-    for a, b in zip(grads(s2d, x, k, w), grads(ref, x, k, w)):
-      assert_close(a, b)
+    assert_same_values_and_grads(s2d, ref, x, k, rng)
 
 
 @pytest.mark.parametrize("shape,strides,padding", [
@@ -65,11 +68,7 @@ def test_depthwise_matches_lax(shape, strides, padding):
   k = jnp.asarray(rng.standard_normal((3, 3, 1, c)), jnp.float32)
   ref = lambda x, k: lax_conv(x, k, strides, padding, groups=c)
   ours = lambda x, k: layers.depthwise_conv2d(x, k, strides, padding)
-  y = ref(x, k)
-  assert_close(ours(x, k), y)
-  w = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  for a, b in zip(grads(ours, x, k, w), grads(ref, x, k, w)):
-    assert_close(a, b)
+  assert_same_values_and_grads(ours, ref, x, k, rng)
 
 
 def test_conv_module_has_nn_conv_params_and_values():
