@@ -11,6 +11,8 @@ from typing import Literal
 
 Mode = Literal["targeted", "untargeted"]
 TargetChoice = Literal["max", "average", "random"]
+Ensemble = Literal["mean", "balanced"]
+VIEW_KINDS = ("affine", "flip", "blur", "jpeg", "noise")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,7 @@ class CloakConfig:
   # a finished cloak to fit costs far more protection than aiming lower.
   budget_margin: float = 0.9
   steps: int = 75
-  optimizer: Literal["adam", "adadelta"] = "adam"
+  optimizer: Literal["adam", "adadelta", "mifgsm"] = "adam"
   learning_rate: float = 0.01  # in tanh space; tuned on LFW faces (low preset: 0.005-0.01 best)
   penalty_init: float = 50.0  # initial per-image weight on the DSSIM excess
   # Target choice from the pool (paper §4 "max"; §8.2 "average" mitigation).
@@ -37,6 +39,25 @@ class CloakConfig:
   stop_fraction: float | None = None
   # LowKey-style robustness: also match through Gaussian-blurred crops.
   blur_sigmas: tuple[float, ...] = ()
+  # Ensemble objective. "balanced" puts each member's distance on a common
+  # scale (its start distance when targeted, its same-person threshold when
+  # untargeted) and takes a soft maximum over members at this temperature, so
+  # the hardest member is not neglected; "mean" is Fawkes' weighted mean.
+  ensemble: Ensemble = "balanced"
+  ensemble_temperature: float = 0.05
+  # Expectation over transformations: this many random views of every model's
+  # input per step (alignment jitter, flip, blur, JPEG, noise; views.py), the
+  # loss being their mean with the plain view. 0 = off.
+  views: int = 0
+  view_kinds: tuple[str, ...] = ("affine", "flip", "blur", "jpeg", "noise")
+  # Model augmentation (DFANet-style): drop this share of every conv output at
+  # random during the search, a new model each step. 0 = off.
+  feature_dropout: float = 0.0
+  momentum: float = 1.0  # decay of the accumulated gradient, "mifgsm" optimizer only
+  # What people see, besides the mean region DSSIM: a cap on the DSSIM of the
+  # worst block (1/8 of the region side) and a per-pixel change cap (of 1.0).
+  local_budget: float | None = None
+  max_pixel_change: float | None = None
   batch_size: int = 8
   # JPEG output: None keeps the input's quantisation tables (same quality and
   # size); an int re-encodes at that quality. Low-quality inputs erase part of
@@ -70,8 +91,25 @@ class CloakConfig:
       raise ValueError("refine_rounds must be >= 0")
     if self.steps < 1:
       raise ValueError("steps must be >= 1")
-    if self.optimizer not in ("adam", "adadelta"):
-      raise ValueError(f"optimizer must be 'adam' or 'adadelta', got {self.optimizer!r}")
+    if self.optimizer not in ("adam", "adadelta", "mifgsm"):
+      raise ValueError(f"optimizer must be adam, adadelta or mifgsm, got {self.optimizer!r}")
+    if self.ensemble not in ("mean", "balanced"):
+      raise ValueError(f"ensemble must be 'mean' or 'balanced', got {self.ensemble!r}")
+    if self.ensemble_temperature <= 0:
+      raise ValueError("ensemble_temperature must be > 0")
+    if self.views < 0:
+      raise ValueError("views must be >= 0")
+    unknown = sorted(set(self.view_kinds) - set(VIEW_KINDS))
+    if unknown:
+      raise ValueError(f"unknown view kinds {unknown}; known: {', '.join(VIEW_KINDS)}")
+    if not 0.0 <= self.feature_dropout < 1.0:
+      raise ValueError("feature_dropout must be in [0, 1)")
+    if not 0.0 <= self.momentum <= 1.0:
+      raise ValueError("momentum must be in [0, 1]")
+    if self.local_budget is not None and not 0.0 < self.local_budget < 1.0:
+      raise ValueError(f"local_budget must be in (0, 1), got {self.local_budget}")
+    if self.max_pixel_change is not None and not 0.0 < self.max_pixel_change <= 1.0:
+      raise ValueError(f"max_pixel_change must be in (0, 1], got {self.max_pixel_change}")
     if self.target_choice not in ("max", "average", "random"):
       raise ValueError(f"target_choice must be max, average or random, got {self.target_choice!r}")
     if self.stop_fraction is not None and not 0.0 < self.stop_fraction < 1.0:

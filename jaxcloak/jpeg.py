@@ -123,13 +123,21 @@ def _chroma_round_trip(c, table, fy, fx):
   return small
 
 
-def round_trip(x: jax.Array, luma: jax.Array, chroma: jax.Array, subsampling: jax.Array) -> jax.Array:
-  """One [H, W, 3] image in [0, 1] (H, W multiples of 16) -> its simulated JPEG decode."""
+def round_trip(x: jax.Array, luma: jax.Array, chroma: jax.Array,
+               subsampling: jax.Array | int) -> jax.Array:
+  """One [H, W, 3] image in [0, 1] (H, W multiples of 16) -> its simulated JPEG decode.
+
+  `subsampling` is a PIL code, traced (all three variants computed, one
+  selected) or a Python int (only that one computed).
+  """
   rgb = _round(jnp.clip(x, 0.0, 1.0) * 255.0)
   ycc = rgb @ jnp.asarray(_TO_YCC).T - jnp.array([128.0, 0.0, 0.0])  # chroma centred at 0
   y = _quantise_plane(ycc[..., 0], luma)
   cb_cr = []
   for ch in (1, 2):
+    if isinstance(subsampling, int):  # known when tracing: simulate that one only
+      cb_cr.append(_chroma_round_trip(ycc[..., ch], chroma, *SUBSAMPLING[subsampling]))
+      continue
     variants = [_chroma_round_trip(ycc[..., ch], chroma, fy, fx)
                 for fy, fx in (SUBSAMPLING[0], SUBSAMPLING[1], SUBSAMPLING[2])]
     cb_cr.append(jnp.select([subsampling == 0, subsampling == 1], variants[:2], variants[2]))

@@ -44,6 +44,14 @@ def ssim(a: jax.Array, b: jax.Array, *, return_map: bool = False) -> jax.Array:
   return dm_pix.ssim(a, b, return_map=return_map, filter_fn=separable_gaussian)
 
 
+def _masked_ssim_map(a, b, mask):
+  """SSIM map [b, h-10, w-10] (mean over channels) and the region mask on its windows."""
+  ssim_map = jnp.mean(ssim(a, b, return_map=True), axis=-1)  # 'valid' windows
+  crop = (a.shape[1] - ssim_map.shape[1]) // 2
+  m = mask[:, crop:crop + ssim_map.shape[1], crop:crop + ssim_map.shape[2]]
+  return ssim_map, m
+
+
 def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
   """Structural dissimilarity (1 - SSIM) / 2 per image, in [0, 1].
 
@@ -57,12 +65,56 @@ def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Arra
   """
   if mask is None:
     return (1.0 - ssim(a, b)) / 2.0
-  ssim_map = ssim(a, b, return_map=True)  # [b, h-10, w-10, c] ('valid')
-  crop = (a.shape[1] - ssim_map.shape[1]) // 2
-  m = mask[:, crop:crop + ssim_map.shape[1], crop:crop + ssim_map.shape[2], None]
-  m = jnp.broadcast_to(m, ssim_map.shape)
-  mean_ssim = jnp.sum(ssim_map * m, axis=(1, 2, 3)) / jnp.maximum(jnp.sum(m, axis=(1, 2, 3)), 1.0)
+  ssim_map, m = _masked_ssim_map(a, b, mask)
+  mean_ssim = jnp.sum(ssim_map * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
   return (1.0 - mean_ssim) / 2.0
+
+
+def visibility(a: jax.Array, b: jax.Array, mask: jax.Array, block: int
+               ) -> tuple[jax.Array, jax.Array]:
+  """Mean region DSSIM and the DSSIM of every block, per image.
+
+  A mean over the face lets a cloak pile its change onto the eyes, where
+  people look; a cap on each block x block tile of the SSIM map (tiles at
+  least half inside the region; the others read 0) bounds that.
+
+  Args:
+    a, b: [b, h, w, c] in [0, 1].
+    mask: [b, h, w], 1 inside the region (same rule as `dssim`).
+    block: tile side in pixels.
+  Returns:
+    ([b] mean DSSIM, [b, th, tw] tile DSSIM); the worst block is the tiles' max.
+  """
+  ssim_map, m = _masked_ssim_map(a, b, mask)
+  mean = jnp.sum(ssim_map * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
+  n, h, w = ssim_map.shape
+  th, tw = -(-h // block), -(-w // block)
+  pad = ((0, 0), (0, th * block - h), (0, tw * block - w))
+  d = jnp.pad((1.0 - ssim_map) / 2.0 * m, pad).reshape(n, th, block, tw, block)
+  cover = jnp.pad(m, pad).reshape(n, th, block, tw, block)
+  d, cover = jnp.sum(d, axis=(2, 4)), jnp.sum(cover, axis=(2, 4))
+  tiles = jnp.where(cover >= 0.5 * block * block, d / jnp.maximum(cover, 1.0), 0.0)
+  return (1.0 - mean) / 2.0, tiles
+
+
+def worst_block(tiles: jax.Array) -> jax.Array:
+  """[b, th, tw] tile DSSIM -> [b] the worst."""
+  return jnp.max(tiles, axis=(1, 2))
+
+
+def block_size(side: int) -> int:
+  """The visibility tile for a region padded to `side`: an eye-sized eighth of it."""
+  return max(8, side // 8)
+
+
+def soft_maximum(terms: jax.Array, weights: jax.Array, temperature: float) -> jax.Array:
+  """[b, m] member terms -> [b]: T log sum_e w_e exp(r_e / T), weights summing to 1.
+
+  Between the weighted mean (T -> inf) and the largest term (T -> 0), so the
+  member that is hardest to move dominates the gradient without silencing
+  the others.
+  """
+  return temperature * jax.nn.logsumexp(terms / temperature, axis=-1, b=weights)
 
 
 def normalize(features: jax.Array) -> jax.Array:

@@ -26,14 +26,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from jaxcloak import jpeg, losses
+from jaxcloak import views as views_lib
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces.align import warp_affine
+from jaxcloak.models import layers
 from jaxcloak.models.base import Extractor
 
 
@@ -52,6 +55,8 @@ class Batch(NamedTuple):
   # jpeg.JpegSpec: score iterates after a simulated round trip through the
   # encoder the output is written with (None = score the pixels as they are).
   jpeg: Any = None
+  # [b] cap on the worst block's DSSIM (config.local_budget); None = no cap.
+  local_budgets: Any = None
 
 
 class Result(NamedTuple):
@@ -62,6 +67,13 @@ class Result(NamedTuple):
   start_distance: jax.Array  # [b] weighted L2 feature distance to target (or 0) at start
   final_distance: jax.Array  # [b] same for the returned patch
   self_distance: jax.Array  # [b] weighted L2 distance from the original features
+  # Per member [b, m], plain view: L2 distance to the target (targeted) or from
+  # the original features (untargeted), at the start and for the returned patch,
+  # and L2 distance of the returned patch's features from the original's.
+  member_start: jax.Array = None
+  member_final: jax.Array = None
+  member_self: jax.Array = None
+  worst_block: jax.Array = None  # [b] worst-block DSSIM of the returned patch
 
 
 @dataclasses.dataclass
@@ -75,10 +87,40 @@ class CloakFn:
     return self.fn(self.params, batch)
 
 
+def _per_item_l1_normalise() -> optax.GradientTransformation:
+  """Scales each item's gradient to unit mean |g| (MI-FGSM, Dong et al. 2018)."""
+  def update(updates, state, params=None):
+    del params
+    scale = jnp.mean(jnp.abs(updates), axis=tuple(range(1, updates.ndim)), keepdims=True)
+    return updates / jnp.maximum(scale, 1e-12), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def _optimizer(config: CloakConfig) -> optax.GradientTransformation:
   if config.optimizer == "adam":
     return optax.adam(config.learning_rate)
+  if config.optimizer == "mifgsm":
+    # Momentum on L1-normalised gradients, then a signed step: the update that
+    # transfers best in the black-box attack literature.
+    return optax.chain(_per_item_l1_normalise(), optax.trace(decay=config.momentum),
+                       optax.stateless(lambda g, _: jnp.sign(g)),
+                       optax.scale(-config.learning_rate))
   return optax.adadelta(config.learning_rate, rho=0.95, eps=1e-7)
+
+
+def _dropout_interceptor(key, rate: float):
+  """Flax interceptor: drops `rate` of every conv output, a fresh mask per conv."""
+  count = [0]
+
+  def intercept(next_fun, args, kwargs, context):
+    y = next_fun(*args, **kwargs)
+    if isinstance(context.module, (layers.Conv, nn.Conv)) and context.method_name == "__call__":
+      count[0] += 1
+      keep = jax.random.bernoulli(jax.random.fold_in(key, count[0]), 1.0 - rate, y.shape)
+      y = jnp.where(keep, y / (1.0 - rate), 0.0)
+    return y
+
+  return intercept
 
 
 def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> CloakFn:
@@ -86,58 +128,142 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
   extractors = tuple(extractors)
   weights = jnp.asarray(config.weights, jnp.float32)
   weights = weights / jnp.sum(weights)
+  # Squared unit-sphere distance at each model's same-person threshold: the
+  # common scale of untargeted members.
+  same_person = jnp.asarray([e.same_person_sq_distance for e in extractors], jnp.float32)
   targeted = config.mode == "targeted"
+  balanced = config.ensemble == "balanced"
   optimizer = _optimizer(config)
   blur_sigmas = tuple(config.blur_sigmas)
+  n_views = config.views
+  pixel_kinds = tuple(k for k in config.view_kinds if k != "affine")
+  jitter = "affine" in config.view_kinds
+  dropout = config.feature_dropout
   stop_fraction = config.stop_fraction
+  max_change = config.max_pixel_change
   traces: list = []
 
-  def features(params, x, affines):
-    """[b, s, s, 3] patch -> per extractor list of [(1 + n_blur) , b, d] unit features."""
+  def embed(ext, p, crops, key=None):
+    if key is None or dropout == 0.0:
+      return losses.normalize(ext.embed(p, crops))
+    with nn.intercept_methods(_dropout_interceptor(key, dropout)):
+      return losses.normalize(ext.embed(p, crops))
+
+  def crops_of(ext, x, m):
+    return jax.vmap(warp_affine, in_axes=(0, 0, None))(x, m, ext.input_size)
+
+  def plain_features(params, x, affines):
+    """[b, s, s, 3] patch -> per extractor [b, d] unit features of the aligned crop."""
+    return [embed(e, p, crops_of(e, x, m)) for e, p, m in zip(extractors, params, affines)]
+
+  def view_features(params, x, affines, key):
+    """Per extractor [v, b, d] unit features of the extra views (None if there are none).
+
+    The extra views are the fixed blurred copies (LowKey), `views` random
+    views, and, when dropout is on and there is no other, the plain crop
+    through the dropped model.
+    """
     out = []
-    for ext, p, m in zip(extractors, params, affines):
-      crops = jax.vmap(warp_affine, in_axes=(0, 0, None))(x, m, ext.input_size)
-      views = [crops] + [losses.gaussian_blur(crops, s) for s in blur_sigmas]
-      out.append(jnp.stack([losses.normalize(ext.embed(p, v)) for v in views]))
+    for k, (e, p, m) in enumerate(zip(extractors, params, affines)):
+      kk = jax.random.fold_in(key, k)
+      crops = crops_of(e, x, m)
+      views = [losses.gaussian_blur(crops, s) for s in blur_sigmas]
+      for v in range(n_views):
+        kv = jax.random.fold_in(kk, v)
+        c = crops_of(e, x, views_lib.jitter_affines(kv, m, e.input_size)) if jitter else crops
+        views.append(views_lib.apply_pixel_views(jax.random.fold_in(kv, 1), c, pixel_kinds))
+      if not views and dropout > 0.0:
+        views = [crops]
+      if not views:
+        return None
+      b = x.shape[0]
+      f = embed(e, p, jnp.concatenate(views), jax.random.fold_in(kk, n_views + 1))
+      out.append(f.reshape(len(views), b, -1))
     return out
 
-  def weighted_distance(feats, refs):
-    """Weighted mean over extractors (and blurred views) of squared distances -> [b]."""
-    d = [jnp.mean(jnp.sum(jnp.square(f - r), axis=-1), axis=0) for f, r in zip(feats, refs)]
-    return jnp.tensordot(weights, jnp.stack(d), axes=1)
+  def member_sq_distances(feats, refs):
+    """Per extractor [..., b, d] features vs [b, d] refs -> [m, b] squared distances."""
+    d = [jnp.sum(jnp.square(f - r), axis=-1) for f, r in zip(feats, refs)]
+    return jnp.stack([x.reshape(-1, x.shape[-1]).mean(axis=0) for x in d])
+
+  def objective_of(d, start):
+    """[m, b] squared member distances -> [b] objective (lower is better)."""
+    if not balanced:
+      mean = jnp.tensordot(weights, d, axes=1)
+      return mean if targeted else -mean
+    # Each member on a common scale: its share of the start distance left to
+    # cover (targeted), or its distance in units of its same-person threshold.
+    terms = d / jnp.maximum(start, 1e-6) if targeted else -d / same_person[:, None]
+    return losses.soft_maximum(terms.T, weights, config.ensemble_temperature)
+
+  def weighted(d):
+    return jnp.tensordot(weights, d, axes=1)
 
   def run(params, batch: Batch) -> Result:
     traces.append(1)  # runs at trace time only
     orig = batch.patches
     mask = batch.masks[..., None]
+    block = losses.block_size(orig.shape[1])
     w0 = losses.to_tanh_space(orig if batch.starts is None else batch.starts)
-    self_feats = features(params, orig, batch.affines)
-    refs = [t[None] for t in batch.targets] if targeted else self_feats
-    start = weighted_distance(self_feats, refs)
+    self_feats = plain_features(params, orig, batch.affines)
+    refs = list(batch.targets) if targeted else self_feats
+    start = member_sq_distances(self_feats, refs)  # [m, b]
 
-    def evaluate(w):
-      x = losses.from_tanh_space(w) * mask + orig * (1.0 - mask)
-      written = jpeg.apply(x, batch.jpeg)  # what the file will hold
-      feats = features(params, written, batch.affines)
-      dist = weighted_distance(feats, refs)
-      objective = dist if targeted else -dist
+    def pixels(w):
+      x = losses.from_tanh_space(w)
+      if max_change is not None:  # per-pixel cap on what people can see
+        x = orig + jnp.clip(x - orig, -max_change, max_change)
+      return x * mask + orig * (1.0 - mask)
+
+    def visibility(x):
       # DSSIM stays on the raw pixels: through the simulated encode (whose float
       # arithmetic is not idempotent on a decoded JPEG, as libjpeg nearly is) its
       # penalty stalls the search. write_back checks the budget on the file.
-      ds = losses.dssim(x, orig, batch.masks)
-      return x, objective, dist, ds, feats
+      return losses.visibility(x, orig, batch.masks, block)
 
-    def loss_fn(w, penalty):
-      _, objective, dist, ds, _ = evaluate(w)
-      per_item = objective + penalty * losses.budget_excess(ds, batch.budgets)
-      return jnp.sum(jnp.where(batch.active, per_item, 0.0)), (objective, dist, ds)
+    def excess(ds, tiles):
+      e = losses.budget_excess(ds, batch.budgets)
+      if batch.local_budgets is not None:
+        # Every block over the cap pays, not just the worst: a max alone moves
+        # the change from block to block.
+        e = e + jnp.sum(jnp.maximum(tiles - batch.local_budgets[:, None, None], 0.0), axis=(1, 2))
+      return e
 
-    def goal_met(dist, ds):
-      within = ds <= batch.budgets
+    def within(ds, tiles):
+      ok = ds <= batch.budgets
+      if batch.local_budgets is not None:
+        ok = ok & (losses.worst_block(tiles) <= batch.local_budgets)
+      return ok
+
+    def evaluate(w):
+      """Plain-view scoring of an iterate: what the written file holds, no randomness."""
+      x = pixels(w)
+      written = jpeg.apply(x, batch.jpeg)
+      feats = plain_features(params, written, batch.affines)
+      d = member_sq_distances(feats, refs)
+      ds, tiles = visibility(x)
+      return x, written, feats, d, ds, tiles
+
+    def loss_fn(w, penalty, key):
+      x, written, _, d, ds, tiles = evaluate(w)
+      objective = objective_of(d, start)
+      extra = view_features(params, written, batch.affines, key)
+      if extra is None:
+        loss = objective
+      else:
+        # EOT: the loss is the mean over the plain view and the extra views;
+        # iterates are still scored on the plain view alone.
+        n_extra = extra[0].shape[0]
+        loss = (objective + n_extra * objective_of(member_sq_distances(extra, refs), start)) \
+            / (1 + n_extra)
+      per_item = loss + penalty * excess(ds, tiles)
+      return jnp.sum(jnp.where(batch.active, per_item, 0.0)), (objective, d, ds, tiles)
+
+    def goal_met(d, ok):
       if stop_fraction is None or not targeted:
-        return jnp.zeros_like(within)
+        return jnp.zeros_like(ok)
       # Compare L2 (not squared) distances, as the paper's 20% rule does.
-      return within & (jnp.sqrt(dist) <= stop_fraction * jnp.sqrt(start))
+      return ok & (jnp.sqrt(weighted(d)) <= stop_fraction * jnp.sqrt(weighted(start)))
 
     class State(NamedTuple):
       step: jax.Array
@@ -148,59 +274,59 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
       best_objective: jax.Array
       done: jax.Array
       steps: jax.Array
+      key: jax.Array
 
-    def keep_best(state, w, objective, ds):
-      better = (ds <= batch.budgets) & (objective < state.best_objective) & ~state.done
+    def keep_best(state, w, objective, ok):
+      better = ok & (objective < state.best_objective) & ~state.done
       best_w = jnp.where(better[:, None, None, None], w, state.best_w)
       return best_w, jnp.where(better, objective, state.best_objective)
 
     def body(state: State) -> State:
-      (_, (objective, dist, ds)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          state.w, state.penalty)
-      best_w, best_objective = keep_best(state, state.w, objective, ds)
-      done = state.done | goal_met(dist, ds)
+      key, step_key = jax.random.split(state.key)
+      (_, (objective, d, ds, tiles)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.w, state.penalty, step_key)
+      ok = within(ds, tiles)
+      best_w, best_objective = keep_best(state, state.w, objective, ok)
+      done = state.done | goal_met(d, ok)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.w)
       frozen = done[:, None, None, None]
       w = jnp.where(frozen, state.w, optax.apply_updates(state.w, updates))
-      penalty = losses.update_penalty_weight(state.penalty, ds > batch.budgets)
+      penalty = losses.update_penalty_weight(state.penalty, ~ok)
       steps = jnp.where(done, state.steps, state.step + 1)
-      return State(state.step + 1, w, opt_state, penalty, best_w, best_objective, done, steps)
+      return State(state.step + 1, w, opt_state, penalty, best_w, best_objective, done, steps,
+                   key)
 
     def cond(state: State):
       return (state.step < config.steps) & ~jnp.all(state.done | ~batch.active)
 
     b = orig.shape[0]
     # The original itself is the fallback "iterate": objective of doing nothing.
-    init_objective = start if targeted else jnp.zeros_like(start)
+    init_objective = objective_of(start if targeted else jnp.zeros_like(start), start)
     state = State(jnp.int32(0), w0, optimizer.init(w0),
                   jnp.full((b,), config.penalty_init, jnp.float32),
-                  w0, init_objective, ~batch.active, jnp.zeros((b,), jnp.int32))
+                  w0, init_objective, ~batch.active, jnp.zeros((b,), jnp.int32),
+                  jax.random.key(config.seed))
     state = jax.lax.while_loop(cond, body, state)
     # The last iterate has not been scored yet.
-    _, objective, _, ds, _ = evaluate(state.w)
-    best_w, best_objective = keep_best(state, state.w, objective, ds)
+    _, _, _, d, ds, tiles = evaluate(state.w)
+    best_w, best_objective = keep_best(state, state.w, objective_of(d, start), within(ds, tiles))
 
-    cloaked, _, dist, ds, best_feats = evaluate(best_w)
+    cloaked, _, best_feats, d, ds, tiles = evaluate(best_w)
     found = best_objective < init_objective
     # Items with no better within-budget iterate get their original pixels back
-    # exactly (not a tanh round trip of them), so their self distance is 0.
-    final_self = jnp.where(found, weighted_distance(best_feats, self_feats), 0.0)
+    # exactly (not a tanh round trip of them), so their distances are the start's.
+    member_self = member_sq_distances(best_feats, self_feats)
+    member_self = jnp.where(found, member_self, 0.0)
     cloaked = jnp.where(found[:, None, None, None], cloaked, orig)
-    ds = jnp.where(found, ds, 0.0)
-    dist = jnp.where(found, dist, start)
-    return Result(cloaked, ds, found, state.steps, jnp.sqrt(start), jnp.sqrt(dist),
-                  jnp.sqrt(final_self))
+    ds, worst = jnp.where(found, ds, 0.0), jnp.where(found, losses.worst_block(tiles), 0.0)
+    no_move = start if targeted else jnp.zeros_like(start)
+    d = jnp.where(found, d, no_move)
+    return Result(cloaked, ds, found, state.steps, jnp.sqrt(weighted(no_move)),
+                  jnp.sqrt(weighted(d)), jnp.sqrt(weighted(member_self)),
+                  jnp.sqrt(no_move).T, jnp.sqrt(d).T, jnp.sqrt(member_self).T, worst)
 
   params = tuple(e.params for e in extractors)
   return CloakFn(jax.jit(run), params, traces)
-
-
-def feature_fn(extractor: Extractor):
-  """Jitted [b, s, s, 3] aligned crops -> [b, d] unit features for one extractor."""
-  @jax.jit
-  def embed(params, crops):
-    return losses.normalize(extractor.embed(params, crops))
-  return lambda crops: embed(extractor.params, crops)
 
 
 def region_features(extractors: Sequence[Extractor]):

@@ -24,6 +24,18 @@ class Extractor:
   apply: Callable[[Any, jax.Array], jax.Array]  # (params, network input) -> [b, d]
   params: Any
   embedding_dim: int = 128
+  # Cosine similarity of unit embeddings above which two faces are the same
+  # person: the 2-fold best threshold of benchmarks/verification.py (LFW pairs).
+  same_person_cosine: float = 0.5
+
+  @property
+  def same_person_sq_distance(self) -> float:
+    """The threshold as a squared L2 distance of unit embeddings (2 - 2 cos)."""
+    return 2.0 - 2.0 * self.same_person_cosine
+
+  @property
+  def same_person_distance(self) -> float:
+    return self.same_person_sq_distance ** 0.5
 
   def embed(self, params, crops: jax.Array) -> jax.Array:
     """[b, s, s, 3] in [0, 1] -> [b, d] raw (unnormalised) embeddings."""

@@ -42,6 +42,8 @@ SOURCE = weights.WeightSource(
 )
 
 INPUT_SIZE = 150
+# Same-person cosine threshold on unit embeddings (docs/verification.md, LFW pairs).
+SAME_PERSON_COSINE = 0.911
 EMBEDDING_DIM = 128
 # `input_rgb_image_sized<150>`'s per-channel means (RGB, 0-255), as stored in
 # the .dat file (float32 122.782, 117.001, 104.298).
@@ -361,4 +363,5 @@ def load(weights_dir: Path | None = None) -> Extractor:
       apply=lambda p, x: model.apply({"params": p}, x),
       params=jax.tree.map(jnp.asarray, params),
       embedding_dim=EMBEDDING_DIM,
+      same_person_cosine=SAME_PERSON_COSINE,
   )

@@ -48,6 +48,8 @@ SOURCE = weights.WeightSource(
 )
 
 INPUT_SIZE = 160
+# Same-person cosine threshold on unit embeddings (docs/verification.md, LFW pairs).
+SAME_PERSON_COSINE = 0.414
 EMBEDDING_DIM = 128
 BN_EPSILON = 1e-3  # every BatchNormalization in the .h5 config; Flax's default is 1e-5
 
@@ -277,4 +279,4 @@ def load(weights_dir: Path | None = None) -> Extractor:
   params = jax.tree.map(jnp.asarray, params)
   return Extractor(name=NAME, input_size=INPUT_SIZE, template=TEMPLATE,
                    preprocess=preprocess, apply=apply, params=params,
-                   embedding_dim=EMBEDDING_DIM)
+                   embedding_dim=EMBEDDING_DIM, same_person_cosine=SAME_PERSON_COSINE)

@@ -54,6 +54,8 @@ SOURCE = weights.WeightSource(
 )
 
 INPUT_SIZE = 112
+# Same-person cosine threshold on unit embeddings (docs/verification.md, LFW pairs).
+SAME_PERSON_COSINE = 0.375
 EMBEDDING_DIM = 128
 # ArcFace 112x112 template, in YuNet landmark order; identical to the `dst`
 # points of OpenCV's FaceRecognizerSF::alignCrop.
@@ -225,4 +227,4 @@ def load(weights_dir: str | Path | None = None) -> Extractor:
 
   return Extractor(name=NAME, input_size=INPUT_SIZE, template=TEMPLATE,
                    preprocess=preprocess, apply=apply, params=params,
-                   embedding_dim=EMBEDDING_DIM)
+                   embedding_dim=EMBEDDING_DIM, same_person_cosine=SAME_PERSON_COSINE)

@@ -84,3 +84,38 @@ def test_fast_ssim_filter_equals_dm_pix_default(faces_dir):
   # SSIM's variance terms (E[x^2] - mu^2) cancel in float32, so gradients agree
   # in norm, not element by element.
   assert float(jnp.linalg.norm(ga - gb) / jnp.linalg.norm(gb)) < 3e-2
+
+
+def test_visibility_mean_equals_dssim_and_worst_block_finds_a_local_change(faces_dir):
+  a, _ = _real_pair(faces_dir)
+  a = a[:, :192, :192]
+  spread = np.clip(a + np.random.default_rng(1).normal(0, 0.01, a.shape), 0, 1).astype(np.float32)
+  local = a.copy()  # the same kind of change piled onto one eye-sized patch
+  local[:, 60:84, 60:84] = np.clip(local[:, 60:84, 60:84] + np.random.default_rng(2).normal(
+      0, 0.08, (4, 24, 24, 3)), 0, 1)
+  mask = jnp.ones((4, 192, 192))
+  block = losses.block_size(192)
+  for b in (spread, local):
+    mean, tiles = losses.visibility(jnp.asarray(a), jnp.asarray(b), mask, block)
+    worst = losses.worst_block(tiles)
+    np.testing.assert_allclose(mean, losses.dssim(jnp.asarray(a), jnp.asarray(b), mask), atol=1e-6)
+    assert (np.asarray(worst) >= np.asarray(mean)).all()
+  def figures(b):
+    mean, tiles = losses.visibility(jnp.asarray(a), jnp.asarray(b), mask, block)
+    return np.asarray(mean), np.asarray(losses.worst_block(tiles))
+  m_spread, w_spread = figures(spread)
+  m_local, w_local = figures(local)
+  # A mean cannot tell the two apart as well as the worst block does.
+  assert (w_local / m_local > 3 * w_spread / m_spread).all()
+
+
+def test_soft_maximum_lies_between_weighted_mean_and_max():
+  terms = jnp.array([[0.2, 0.9, 0.5], [0.5, 0.5, 0.5]])
+  w = jnp.array([0.5, 0.25, 0.25])
+  mean = np.asarray(terms @ w)
+  for t in (0.02, 0.1, 1.0):
+    s = np.asarray(losses.soft_maximum(terms, w, t))
+    assert (s >= mean - 1e-6).all() and (s <= terms.max(axis=1) + 1e-6).all()
+  np.testing.assert_allclose(losses.soft_maximum(terms, w, 1e-3)[0], 0.9, atol=2e-3)
+  np.testing.assert_allclose(losses.soft_maximum(terms, w, 0.05)[1], 0.5, atol=1e-6)
+  np.testing.assert_allclose(losses.soft_maximum(terms, w, 1e3), mean, atol=1e-3)
