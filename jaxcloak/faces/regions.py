@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxcloak.faces.align import similarity_transform
+from jaxcloak import losses
 from jaxcloak.losses import ssim
 
 BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
@@ -146,3 +147,18 @@ def recut(region: Region, rgb: np.ndarray) -> Region:
   patch = np.zeros_like(region.patch)
   patch[:ph, :pw] = crop.astype(np.float32) / 255.0
   return dataclasses.replace(region, patch=patch)
+
+
+@jax.jit
+def _worst_block(a, b, mask):
+  _, tiles = losses.visibility(a[None], b[None], mask[None], losses.block_size(a.shape[0]))
+  return losses.worst_block(tiles)[0]
+
+
+def worst_block(region: Region, written: np.ndarray) -> float:
+  """The worst block's DSSIM of a written photo over a region, as the loop measures it.
+
+  Measured on the region's own patch geometry (bucket, mask, tile size), so the
+  cap means the same thing in the optimisation and on the file.
+  """
+  return float(_worst_block(region.patch, recut(region, written).patch, region.mask))

@@ -19,6 +19,7 @@ from jaxcloak import jpeg as jpeg_lib
 from jaxcloak import models
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces import io as photo_io
+from jaxcloak.faces import quality
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.faces.detect import Detector
 from jaxcloak.optimize import Batch, data_mesh, make_cloak_fn, region_features, shard_batch
@@ -166,6 +167,7 @@ class Cloaker:
         for i, f in enumerate(chunk):
           f.cloaked_patch = np.asarray(res.cloaked[i])
           f.stats = {"dssim_float": float(res.dssim[i]), "steps": int(res.steps[i]),
+                     "worst_block_float": float(res.worst_block[i]),
                      "start_distance": float(res.start_distance[i]),
                      "final_distance": float(res.final_distance[i]),
                      "self_distance": float(res.self_distance[i])}
@@ -189,8 +191,11 @@ class Cloaker:
     for i, f in enumerate(chunk):
       if id(f) in starts:
         start[i] = starts[id(f)]
+    local = None
+    if self.config.local_budget is not None:
+      local = np.full((b,), self.config.local_budget * self.config.budget_margin, np.float32)
     return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active, start,
-                 self._jpeg_batch(chunk, b))
+                 self._jpeg_batch(chunk, b), local)
 
   def _jpeg_batch(self, chunk, b) -> jpeg_lib.JpegSpec | None:
     if not self.config.jpeg_aware:
@@ -270,17 +275,20 @@ class Cloaker:
       over = False
       for f in cloaked:
         f.stats["dssim"] = regions_lib.region_dssim(photo.rgb, written, f.region.box)
-        if f.stats["dssim"] > self.config.budget:
+        f.stats["worst_block"] = regions_lib.worst_block(f.region, written)
+        local = self.config.local_budget
+        if f.stats["dssim"] > self.config.budget or (local and f.stats["worst_block"] > local):
           f.strength *= 0.93  # JPEG re-encoding adds a little DSSIM; back off gently
           over = True
       if not over:
         break
     else:
       item.status = "over_budget"
-      item.message = f"{item.name}: could not meet the DSSIM budget after re-encoding"
+      item.message = f"{item.name}: could not meet the DSSIM budgets after re-encoding"
       return
     for f in cloaked:
       f.stats["strength"] = f.strength
+      f.stats["ssimulacra2"] = quality.region_ssimulacra2(photo.rgb, written, f.region.box)
     item.output, item.output_format = data, fmt
     item.status = "cloaked"
     item.written_rgb = written

@@ -95,6 +95,8 @@ def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = 
 
 
 def _face_record(f, target_feats, orig_feats, written_feats, extractors) -> dict:
+  """One face's report: box, status, loop stats, and per model on the written file
+  its feature moves and whether that model still matches the face to the original."""
   rec = {"box": [round(v, 1) for v in f.box], "score": round(f.score, 4), "status": f.status}
   if f.region is not None:
     rec["region"] = list(f.region.box)
@@ -102,13 +104,15 @@ def _face_record(f, target_feats, orig_feats, written_feats, extractors) -> dict
   if orig_feats is not None and written_feats is not None:
     shift = {}
     for e in extractors:
-      o, w = orig_feats[e], written_feats[e]
+      o, w = orig_feats[e.name], written_feats[e.name]
       s = {"self_distance": float(np.linalg.norm(w - o))}
       if target_feats is not None:
-        t = target_feats[e]
+        t = target_feats[e.name]
         s["target_distance_before"] = float(np.linalg.norm(o - t))
         s["target_distance_after"] = float(np.linalg.norm(w - t))
-      shift[e] = {k: round(v, 5) for k, v in s.items()}
+      shift[e.name] = {k: round(v, 5) for k, v in s.items()}
+      # Fooled: the model no longer takes the cloaked face for the original.
+      shift[e.name]["fooled"] = bool(s["self_distance"] > e.same_person_distance)
     rec["features"] = shift
   return rec
 
@@ -200,7 +204,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
             of = {e: orig[e][i] for e in orig} if i is not None else None
             wf = {e: written[e][i] for e in written} if i is not None else None
             faces_rec.append(_face_record(f, target.features if target else None, of, wf,
-                                          config.extractors))
+                                          cloaker.extractors))
             if f.status == "cloaked" and "dssim" in f.stats:
               dssims.append(f.stats["dssim"])
           n_faces += len(it.faces)

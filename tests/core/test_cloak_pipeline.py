@@ -124,3 +124,25 @@ def test_refine_round_keeps_budget_on_written_files(photos, tmp_path):
       for f in r["faces"]:
         if f["status"] == "cloaked":
           assert regions_lib.region_dssim(orig, written, f["region"]) <= cloaker.config.budget
+
+
+def test_visibility_caps_and_verdicts_on_written_files(photos, tmp_path):
+  out = tmp_path / "out_v"
+  cloaker = Cloaker(preset("low", steps=6, batch_size=4, mode="untargeted", budget=0.01,
+                           local_budget=0.02, max_pixel_change=6 / 255))
+  cloak_photos(cloaker, collect_photos([photos]), out, progress=False)
+  records = [json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()]
+  faces = 0
+  for r in (r for r in records if r["status"] == "cloaked"):
+    orig = photo_io.decode((photos / r["input"]).read_bytes()).rgb
+    written = photo_io.decode((out / r["output"]).read_bytes()).rgb
+    # The per-pixel cap holds in the float loop; 8-bit rounding and JPEG add a little.
+    assert np.abs(orig.astype(int) - written.astype(int)).max() <= 6 + 12
+    for f in (f for f in r["faces"] if f["status"] == "cloaked"):
+      faces += 1
+      assert f["worst_block"] <= 0.02 + 1e-6 and f["dssim"] <= 0.01 + 1e-6
+      assert 0 < f["ssimulacra2"] <= 100
+      verdict = f["features"]["dlib"]
+      assert verdict["fooled"] == (verdict["self_distance"] > cloaker.extractors[0].same_person_distance)
+  assert faces
+
