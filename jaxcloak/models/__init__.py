@@ -14,9 +14,11 @@ MODULES = {
     "dlib": "jaxcloak.models.dlib_resnet",
     "facenet": "jaxcloak.models.facenet",
     "sface": "jaxcloak.models.sface",
+    "faceres": "jaxcloak.models.faceres",
+    "mobileface": "jaxcloak.models.mobileface",
     "yunet": "jaxcloak.models.yunet",
 }
-EXTRACTORS = ("dlib", "facenet", "sface")
+EXTRACTORS = ("dlib", "facenet", "sface", "faceres", "mobileface")
 
 
 def module(name: str):

