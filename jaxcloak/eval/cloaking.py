@@ -24,6 +24,10 @@ from jaxcloak.faces import io as photo_io
 from jaxcloak.pipeline.cloaker import Cloaker, Face, Item
 
 
+_LABELLED = ("ensemble", "views", "view_kinds", "feature_dropout", "optimizer", "momentum",
+             "local_budget", "max_pixel_change", "refine_rounds")
+
+
 def config_label(config: CloakConfig) -> str:
   """A short, stable name for a config (used in keys and reports)."""
   parts = ["+".join(config.extractors), f"b{config.budget:g}", f"s{config.steps}",
@@ -36,6 +40,11 @@ def config_label(config: CloakConfig) -> str:
     parts.append("blur" + ",".join(f"{s:g}" for s in config.blur_sigmas))
   if not config.jpeg_aware:
     parts.append("rawpixels")
+  default = CloakConfig()
+  for name in _LABELLED:  # transfer knobs, named only when set
+    v = getattr(config, name, None)
+    if v != getattr(default, name, None):
+      parts.append(f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
   if config.seed:
     parts.append(f"seed{config.seed}")
   return "/".join(parts)
@@ -52,6 +61,11 @@ class Cloaked:
   psnr: float | None
   seconds: float  # wall time per photo of its cloak call (compile included if first)
   feature_shift: float | None = None  # L2 move of the user-model features (float patch)
+  # Per ensemble member, where the engine's face stats carry them (the loop's
+  # distances and "fooled" flags on the float patch): member -> value. The
+  # transfer experiment judges the written files itself either way.
+  member_distances: dict[str, float] | None = None
+  member_fooled: dict[str, bool] | None = None
 
 
 class CloakRunner:
@@ -143,9 +157,22 @@ class CloakRunner:
         x0, y0, x1, y1 = main.region.box
         p = psnr(s.rgb[y0:y1, x0:x1], w[y0:y1, x0:x1])
       t = targets.get(it.user)
-      self._done[(config, s.key)] = Cloaked(r, s, it.status, t.name if t else None, dssim, p,
-                                            seconds, main.stats.get("self_distance")
-                                            if main is not None else None)
+      stats = main.stats if main is not None else {}
+      self._done[(config, s.key)] = Cloaked(
+          r, s, it.status, t.name if t else None, dssim, p, seconds, stats.get("self_distance"),
+          _per_member(stats.get("member_distances", stats.get("member_self")), config.extractors,
+                      float),
+          _per_member(stats.get("member_fooled"), config.extractors, bool))
+
+
+def _per_member(values, members: Sequence[str], cast) -> dict | None:
+  """A per-member stat as member -> value, whether the engine gives a dict or a sequence."""
+  if values is None:
+    return None
+  if isinstance(values, dict):
+    return {str(k): cast(v) for k, v in values.items()}
+  values = np.asarray(values).ravel().tolist()
+  return {m: cast(v) for m, v in zip(members, values)} if len(values) == len(members) else None
 
 
 def pool_identity_features(embedders: dict, samples: dict[str, list[Sample]],

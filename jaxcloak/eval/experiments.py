@@ -11,6 +11,9 @@ Experiments: `matrix` (user model x tracker extractor), `budget` (PSR vs DSSIM
 budget, Fig. 16), `leakage` (share of U's tracker photos left uncloaked),
 `transforms` (blur / noise / JPEG / augmentation of the tracker's photos),
 `robust` (probe adversarially trained with PGD on its input features),
+`transfer` (leave one model out: cloak with the other models' ensemble, track
+with the held-out one, through each tracker pipeline; beside the white-box
+ensemble of all of them),
 `adaptive` (the tracker adds cloaked photos of identities it knows to its
 training set, Radiya-Dixit et al. 2022), `finetune` (the extractor's last
 layers trained too) and `detection` (§8.2, with and without mitigations).
@@ -26,15 +29,34 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxcloak import models
 from jaxcloak.config import CloakConfig, preset
-from jaxcloak.eval import dataset, metrics, trackers
+from jaxcloak.eval import dataset, metrics, pipelines, trackers
 from jaxcloak.eval import transforms as transforms_lib
 from jaxcloak.eval.cloaking import CloakRunner, Cloaked, config_label, pool_identity_features
 from jaxcloak.eval.dataset import Sample
 
 # Cheap, central experiments first: a long run's partial report is useful early.
-EXPERIMENTS = ("matrix", "budget", "leakage", "robust", "adaptive", "detection", "transforms",
-               "finetune")
+EXPERIMENTS = ("matrix", "transfer", "budget", "leakage", "robust", "adaptive", "detection",
+               "transforms", "finetune")
+
+
+@dataclasses.dataclass(frozen=True)
+class Holdout:
+  """One leave-one-out fold of the transfer experiment."""
+  held_out: str  # the tracker's extractor
+  transfer: tuple[str, ...]  # cloak ensemble without it
+  white_box: tuple[str, ...]  # cloak ensemble with it (all models)
+
+
+def leave_one_out(names: Sequence[str]) -> list[Holdout]:
+  """One fold per model: cloak with every other model, track with the one left out."""
+  names = tuple(names)
+  if len(names) < 2:
+    raise ValueError(f"the transfer experiment needs at least 2 models, got {', '.join(names)}")
+  if len(set(names)) != len(names):
+    raise ValueError(f"transfer models repeat: {', '.join(names)}")
+  return [Holdout(m, tuple(n for n in names if n != m), names) for m in names]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +81,10 @@ class Settings:
   user_models: tuple[str, ...] = ("dlib", "facenet", "sface", "dlib+facenet+sface")
   target_choice: str = "max"  # the base cloak's target choice (detection varies it)
   jpeg_aware: bool = True  # optimise through the simulated JPEG encode (the engine's default)
-  # Trackers.
+  # Any other CloakConfig fields for every cloak of the run, as (field, value)
+  # pairs (e.g. (("views", 2),) to measure a transfer knob).
+  cloak_overrides: tuple[tuple[str, object], ...] = ()
+  # Trackers: `<extractor>[@<pipeline>]` (pipelines.py; default yunet).
   trackers: tuple[str, ...] = ("dlib", "facenet", "sface")
   # Trackers for the costly experiments (transforms re-embed every photo per
   # transform, fine-tuning trains the extractor). None: the white-box ones, the
@@ -74,6 +99,11 @@ class Settings:
   robust_crop_eps: float = 0.0  # >0 adds the crop-pixel PGD tracker (expensive), e.g. 4/255
   adaptive_photos: int = 3  # per non-user identity, cloaked for the adaptive tracker
   finetune_epochs: int = 1
+  # Transfer: the models left out in turn (None = every registered extractor,
+  # jaxcloak.models.EXTRACTORS, so newly ported models join by themselves) and
+  # the tracker pipelines each held-out model is measured through.
+  transfer_models: tuple[str, ...] | None = None
+  tracker_pipelines: tuple[str, ...] = pipelines.PIPELINES
   # Experiments.
   experiments: tuple[str, ...] = EXPERIMENTS
   budgets: tuple[float, ...] = (0.002, 0.004, 0.007, 0.012, 0.017)
@@ -88,36 +118,65 @@ class Settings:
     if self.focus_trackers is not None:
       return self.focus_trackers
     base = set(self.user_models[0].split("+"))
-    return tuple(t for t in self.trackers if t in base) or self.trackers
+    return tuple(t for t in self.trackers if pipelines.parse(t)[0] in base) or self.trackers
+
+  def transfer_set(self) -> tuple[str, ...]:
+    return tuple(self.transfer_models) if self.transfer_models else tuple(models.EXTRACTORS)
 
   def base_config(self, models: str | None = None, **overrides) -> CloakConfig:
     extra = {"steps": self.steps} if self.steps is not None else {}
     extra.update(target_choice=self.target_choice, jpeg_aware=self.jpeg_aware)
+    extra.update(dict(self.cloak_overrides))
     extra.update(overrides)
     return preset(self.preset, extractors=tuple((models or self.user_models[0]).split("+")),
                   batch_size=self.batch_size, seed=self.seed, **extra)
 
 
 class FeatureStore:
-  """Embeds samples per tracker extractor, caching by sample key."""
+  """Embeds samples per tracker (extractor @ pipeline), caching by sample key."""
 
   def __init__(self, settings: Settings):
     self.settings = settings
     self.embedders: dict[str, object] = {}
+    self.pipelines = pipelines.Pipelines(weights_dir=settings.weights_dir)
     self.cache: dict[tuple[str, str], np.ndarray] = {}
 
   def embedder(self, spec: str):
-    if spec not in self.embedders:
-      self.embedders[spec] = trackers.make_embedder(
-          spec, weights_dir=self.settings.weights_dir,
+    """The extractor of a tracker spec (its pipeline part is ignored)."""
+    model, _ = pipelines.parse(spec)
+    if model not in self.embedders:
+      self.embedders[model] = trackers.make_embedder(
+          model, weights_dir=self.settings.weights_dir,
           insightface_root=self.settings.insightface_root)
-    return self.embedders[spec]
+    return self.embedders[model]
+
+  def crops(self, spec: str, samples: Sequence[Sample]) -> np.ndarray:
+    """The ported extractor's input crops as the spec's pipeline makes them."""
+    emb = self.embedder(spec)
+    if not isinstance(emb, trackers.PortedEmbedder):
+      raise ValueError(f"{spec}: crops need a ported (JAX) extractor")
+    e = emb.extractor
+    return self.pipelines[pipelines.parse(spec)[1]].crops(samples, e.input_size, e.template)
+
+  def _embed(self, spec: str, samples: Sequence[Sample]) -> np.ndarray:
+    emb = self.embedder(spec)
+    pipe = pipelines.parse(spec)[1]
+    if pipe == pipelines.DEFAULT:
+      return emb([s.rgb for s in samples], [s.landmarks for s in samples])
+    if isinstance(emb, trackers.PortedEmbedder):
+      return np.concatenate([emb.embed_crops(self.crops(spec, samples[i:i + 64]))
+                             for i in range(0, len(samples), 64)])  # bounds crop memory
+    p = self.pipelines[pipe]
+    if not p.aligns:
+      raise ValueError(f"{spec}: the {pipe} pipeline needs a ported extractor")
+    return emb([s.rgb for s in samples], p.landmarks(samples))
 
   def __call__(self, spec: str, samples: Sequence[Sample]) -> np.ndarray:
+    spec = pipelines.spec(*pipelines.parse(spec))  # 'dlib@yunet' shares 'dlib''s cache
     missing = {s.key: s for s in samples if (spec, s.key) not in self.cache}
     if missing:
       todo = list(missing.values())
-      feats = self.embedder(spec)([s.rgb for s in todo], [s.landmarks for s in todo])
+      feats = self._embed(spec, todo)
       for s, f in zip(todo, feats):
         self.cache[(spec, s.key)] = f
     if not samples:
@@ -168,7 +227,10 @@ class Evaluation:
     self.classes = sorted(self.samples) + self.background
     self.label = {n: i for i, n in enumerate(self.classes)}
     self.features = FeatureStore(s)
-    cloak_models = sorted({m for um in s.user_models for m in um.split("+")})
+    cloak_models = {m for um in s.user_models for m in um.split("+")}
+    if "transfer" in s.experiments:
+      cloak_models |= set(s.transfer_set())
+    cloak_models = sorted(cloak_models)
     self.log(f"target-pool features for {len(self.pool_samples)} identities ({', '.join(cloak_models)})")
     pool = pool_identity_features(cloak_models, self.pool_samples, self.features)
     self.runner = CloakRunner(pool=pool, detector=self.detector, weights_dir=s.weights_dir,
@@ -244,7 +306,7 @@ class Evaluation:
       emb = self.features.embedder(tracker)
       if not isinstance(emb, trackers.PortedEmbedder):
         raise ValueError(f"the {kind} tracker needs a ported (JAX) extractor")
-      crop = lambda ss: emb.crops([x.rgb for x in ss], [x.landmarks for x in ss])
+      crop = lambda ss: self.features.crops(tracker, ss)
       if kind == "finetune":
         clf = trackers.FineTuned(emb, epochs=s.finetune_epochs, seed=seed)
       else:
@@ -316,6 +378,14 @@ class Evaluation:
     unknown = set(s.experiments) - set(EXPERIMENTS)
     if unknown:
       raise ValueError(f"unknown experiments: {', '.join(sorted(unknown))}")
+    for t in s.trackers + tuple(s.focus_trackers or ()):
+      pipelines.parse(t)  # a mistyped pipeline fails before any work
+    bad = [p for p in s.tracker_pipelines if p not in pipelines.PIPELINES]
+    if bad:
+      raise ValueError(f"unknown tracker pipelines: {', '.join(bad)} "
+                       f"(use {', '.join(pipelines.PIPELINES)})")
+    if "transfer" in s.experiments:
+      leave_one_out(s.transfer_set())
     if not hasattr(self, "samples"):
       self.load()
     for name in dict.fromkeys(s.experiments):
@@ -344,6 +414,62 @@ class Evaluation:
             self.record("matrix", config, f"user model {models}", u, tr, kind,
                         self.track(tr, kind, u, cloaked), user_model=models)
       self.quality("matrix", config)
+
+  def exp_transfer(self) -> None:
+    """Leave one model out: does a cloak fool a recognizer it was not optimised on?
+
+    For each held-out model M: U's photos cloaked with the ensemble of all
+    other models ("transfer") and with all models including M ("white-box"),
+    both measured by trackers on M through every tracker pipeline, beside the
+    clean baseline of the same trackers. Each record also carries every
+    model's verdict on the written files (feature shift, share fooled).
+    """
+    s = self.s
+    folds = leave_one_out(s.transfer_set())
+    everyone = folds[0].white_box
+    white = s.base_config("+".join(everyone))
+    self.info["transfer_models"] = list(everyone)
+    for fold in folds:
+      transfer = s.base_config("+".join(fold.transfer))
+      for u in self.users:
+        roles = []
+        for role, config, members in (("transfer", transfer, fold.transfer),
+                                      ("white-box", white, everyone)):
+          rows = [c for c in self.cloak(config, u) if c.sample is not None]
+          verdicts = {m: self._verdict(m, rows) for m in everyone}
+          roles.append((role, config, members, rows, {
+              "member_shift": {m: v[0] for m, v in verdicts.items()},
+              "member_fooled": {m: v[1] for m, v in verdicts.items()}, **_member_summary(rows)}))
+        for pipe in s.tracker_pipelines:
+          tr = pipelines.spec(fold.held_out, pipe)
+          common = {"held_out": fold.held_out, "pipeline": pipe}
+          for kind in s.kinds:
+            self.record("transfer", None, "no cloak", u, tr, kind,
+                        self.track(tr, kind, u, self.splits[u].train), role="clean",
+                        cloak_models="", **common)
+          for role, config, members, rows, verdicts in roles:
+            shift, fooled = self._verdict(tr, rows)
+            extra = dict(common, role=role, cloak_models="+".join(members), heldout_shift=shift,
+                         heldout_fooled=fooled, **verdicts)
+            for kind in s.kinds:
+              self.record("transfer", config, f"{role}: cloak {'+'.join(members)}", u, tr, kind,
+                          self.track(tr, kind, u, [c.sample for c in rows]), **extra)
+      self.quality("transfer", transfer)
+    self.quality("transfer", white)
+    self.info["tracker_pipelines"] = self.features.pipelines.stats()
+
+  def _verdict(self, tracker: str, rows: Sequence[Cloaked]) -> tuple[float | None, float | None]:
+    """A model's view of the written cloaks: mean L2 move of its unit features from
+    the original's, and the share it no longer matches to the original (distance
+    above its same-person threshold; None for models without one)."""
+    if not rows:
+      return None, None
+    a = self.features(tracker, [c.sample for c in rows])
+    b = self.features(tracker, [c.source for c in rows])
+    d = np.linalg.norm(a - b, axis=1)
+    ext = getattr(self.features.embedder(tracker), "extractor", None)
+    t = getattr(ext, "same_person_distance", None)
+    return float(np.mean(d)), (float(np.mean(d > t)) if t is not None else None)
 
   def exp_budget(self) -> None:
     s = self.s
@@ -434,10 +560,11 @@ class Evaluation:
     for u in self.users:
       cloaked = self.cloaked_samples(config, u)
       for tr in s.focus():
-        if tr.startswith(trackers.INSIGHTFACE_PREFIX):
-          continue
+        layers = trackers.FINETUNE_LAYERS.get(pipelines.parse(tr)[0])
+        if tr.startswith(trackers.INSIGHTFACE_PREFIX) or not layers:
+          continue  # only ported models with declared last layers can be fine-tuned
         t = time.time()
-        self.record("finetune", config, f"last layers {','.join(trackers.FINETUNE_LAYERS[tr])} "
+        self.record("finetune", config, f"last layers {','.join(layers)} "
                     f"+ head, {s.finetune_epochs} epochs", u, tr, "finetune",
                     self.track(tr, "finetune", u, cloaked), seconds=round(time.time() - t, 1))
 
@@ -468,6 +595,17 @@ class Evaluation:
           rec["clean_photos"] = len(clean)
           self.records.append(rec)
       self.quality("detection", config)
+
+
+def _member_summary(rows: Sequence[Cloaked]) -> dict:
+  """The loop's own per-member figures (float patch), where the engine reports them."""
+  out = {}
+  for key, field in (("loop_member_distances", "member_distances"),
+                     ("loop_member_fooled", "member_fooled")):
+    got = [getattr(c, field) for c in rows if getattr(c, field)]
+    if got:
+      out[key] = {m: float(np.mean([g[m] for g in got if m in g])) for m in got[0]}
+  return out
 
 
 def _seed(seed: int, key: str, copy: int) -> list[int]:

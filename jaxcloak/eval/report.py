@@ -104,6 +104,91 @@ def _matrix_section(records) -> str:
   return "\n".join(out) + "\n"
 
 
+TRANSFER_ROLES = (("transfer", "transfer"), ("white-box", "white-box"), ("clean", "no cloak"))
+
+
+def _cell(r) -> str:
+  return f"{_f(r['psr_mean'])} +- {_f(r['psr_std'])} [{r['psr_k']}/{r['psr_n']}]" if r else ""
+
+
+def _mean_of(values) -> str:
+  v = [x for x in values if x is not None]
+  return _f(float(np.mean(v)), 2) if v else "n/a"
+
+
+def _transfer_section(records, info=None) -> str:
+  rows = aggregate(records, "transfer", keys=("held_out", "pipeline", "role", "kind"))
+  if not rows:
+    return ""
+  recs = [r for r in records if r.get("experiment") == "transfer"]
+  kinds = list(OrderedDict.fromkeys(r["kind"] for r in rows))
+  folds = list(OrderedDict.fromkeys((r["held_out"], r["pipeline"]) for r in rows))
+  by = {(r["held_out"], r["pipeline"], r["role"], r["kind"]): r for r in rows}
+  # Per-user verdicts repeat across tracker kinds: read them from one kind.
+  once = [r for r in recs if r["kind"] == kinds[0] and r["role"] != "clean"]
+  header = ["held-out model", "tracker pipeline", "transfer cloak"]
+  header += [f"{label} {k}" for role, label in TRANSFER_ROLES for k in kinds]
+  header += ["held-out feature shift (transfer / white-box)",
+             "held-out fooled (transfer / white-box)", "other-ID acc (lowest cell)"]
+  table = []
+  for m, pipe in folds:
+    cells = [by.get((m, pipe, role, k)) for role, _ in TRANSFER_ROLES for k in kinds]
+    members = next((r["cloak_models"] for r in once if r["held_out"] == m
+                    and r["role"] == "transfer"), "")
+    mine = {role: [r for r in once if (r["held_out"], r["pipeline"], r["role"]) == (m, pipe, role)]
+            for role in ("transfer", "white-box")}
+    low = min((c for c in cells if c), key=lambda c: c["acc_mean"])
+    table.append([m, pipe, members] + [_cell(c) for c in cells] + [
+        " / ".join(_mean_of(r.get("heldout_shift") for r in mine[k]) for k in mine),
+        " / ".join(_mean_of(r.get("heldout_fooled") for r in mine[k]) for k in mine),
+        f"{_f(low['acc_mean'])} [{low['acc_k']}/{low['acc_n']}]"])
+  white = next((r["cloak_models"] for r in once if r["role"] == "white-box"), "")
+  out = ["## Transfer: leave one model out",
+         "",
+         "For each held-out model M, the user's photos are cloaked with the ensemble of all the "
+         f"other models (transfer) and with all of them, M included (white-box: {white}), and "
+         "tracked by trackers on M, through each tracker pipeline (yunet: the cloak's own "
+         "landmarks and alignment; retinaface: RetinaFace landmarks, similarity-aligned; margin: "
+         "RetinaFace box plus margin, no alignment). Cell: PSR mean +- std over users [not "
+         "recognised / U test photos]. Held-out feature shift: mean L2 move of M's unit features, "
+         "written cloaked photo vs its original, through that pipeline; fooled: share of the "
+         "cloaked photos M no longer matches to their originals (distance above M's same-person "
+         "threshold).", "",
+         _table(header, table), ""]
+  stats = (info or {}).get("tracker_pipelines")
+  if stats:
+    out += ["Photos where RetinaFace found no face (the pipeline fell back to the YuNet face): "
+            + ", ".join(f"{k} {v['fallback']}/{v['photos']}" for k, v in stats.items()) + ".", ""]
+  # Every model's verdict on each cloak's written files (yunet pipeline).
+  first = folds[0][1]
+  verdict = [r for r in once if r["pipeline"] == first and r.get("member_shift")]
+  if verdict:
+    models = list(verdict[0]["member_shift"])
+    groups: "OrderedDict[str, list]" = OrderedDict()
+    for r in verdict:
+      groups.setdefault(r["cloak_models"], []).append(r)
+    lines = []
+    for config, rs in groups.items():
+      seen = {r["user"]: r for r in rs}.values()  # the white-box cloak recurs in every fold
+      lines.append([config] + [
+          f"{_mean_of(r['member_shift'].get(n) for r in seen)} / "
+          f"{_mean_of(r['member_fooled'].get(n) for r in seen)}"
+          + (" (held out)" if n not in config.split("+") else "") for n in models])
+    out += ["Every model's verdict on the written cloaked photos (mean over users of feature "
+            "shift / share fooled; models outside the cloak's ensemble are held out):", "",
+            _table(["cloak ensemble"] + models, lines), ""]
+  loop = [r for r in once if r.get("loop_member_distances")]
+  if loop:
+    groups = OrderedDict()
+    for r in loop:
+      groups.setdefault(r["cloak_models"], []).append(r)
+    out += ["The loop's own per-member distances (float patch): " + "; ".join(
+        f"{c}: " + ", ".join(f"{n} {_mean_of(r['loop_member_distances'].get(n) for r in rs)}"
+                             for n in rs[0]["loop_member_distances"])
+        for c, rs in groups.items()) + ".", ""]
+  return "\n".join(out) + "\n"
+
+
 def _quality_section(records) -> str:
   rows = [r for r in records if r.get("experiment") == "quality"]
   if not rows:
@@ -188,6 +273,7 @@ def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
       "re-detected), the other identities' clean train photos and the background classes.", "",
       "Settings: `" + json.dumps(settings, default=str) + "`", ""]
   parts.append(_matrix_section(records))
+  parts.append(_transfer_section(records, info))
   parts.append(_psr_section(records, "budget", "PSR vs DSSIM budget (paper Fig. 16)",
                             "Base user model; one cloak per budget."))
   parts.append(_psr_section(records, "leakage", "PSR with leaked clean photos",
@@ -271,6 +357,27 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
       ax.set_xlabel("tracker extractor")
       ax.set_title(f"PSR matrix ({kind})")
       save(fig, f"psr_matrix_{kind}.png")
+
+  rows = aggregate(records, "transfer", keys=("held_out", "pipeline", "role", "kind"))
+  if rows:
+    kinds = list(OrderedDict.fromkeys(r["kind"] for r in rows))
+    folds = list(OrderedDict.fromkeys((r["held_out"], r["pipeline"]) for r in rows))
+    by = {(r["held_out"], r["pipeline"], r["role"], r["kind"]): r for r in rows}
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6, 0.9 * len(folds)), 3 * len(kinds)),
+                             squeeze=False)
+    x = np.arange(len(folds))
+    for ax, kind in zip(axes[:, 0], kinds):
+      for off, role in ((-0.27, "transfer"), (0.0, "white-box"), (0.27, "clean")):
+        rs = [by.get((m, p, role, kind)) for m, p in folds]
+        ax.bar(x + off, [r["psr_mean"] if r else 0 for r in rs], 0.27,
+               yerr=[r["psr_std"] if r else 0 for r in rs], capsize=2,
+               label="no cloak" if role == "clean" else role)
+      ax.set_xticks(x, [f"{m}@{p}" for m, p in folds], rotation=30, ha="right", fontsize=7)
+      ax.set_ylim(0, 1.05)
+      ax.set_ylabel("PSR")
+      ax.set_title(f"Leave-one-out transfer: held-out model's tracker ({kind})")
+      ax.legend(fontsize=7)
+    save(fig, "psr_transfer.png")
 
   rows = aggregate(records, "leakage")
   if rows:

@@ -79,21 +79,25 @@ def test_identity_classifier_on_clean_photos_is_accurate(faces_dir):
 
 
 def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
-  """`jaxcloak eval --quick`, shrunk further so CI runs it in about a minute."""
+  """`jaxcloak eval --quick`, shrunk further so CI runs it in a few minutes.
+
+  Most of its time is the three cloak compiles: dlib (every experiment's base
+  cloak), then sface and dlib+sface for the transfer experiment.
+  """
   from jaxcloak.eval.cli import main
-  ensure_weights("dlib")
-  ensure_weights("yunet")
+  for name in ("dlib", "sface", "yunet"):
+    ensure_weights(name)
   out = tmp_path / "report"
   rc = main(["eval", str(faces_dir), "--pool", str(pool_dir), "-o", str(out), "--quick",
              "--identities", "6", "--max-photos", "6", "--train-per-user", "3",
              "--pool-identities", "6", "--pool-photos", "2", "--background", "2", "--steps", "3",
              "--budgets", "0.004", "--transforms", "jpeg:50,augment", "--adaptive-photos", "0",
-             "--experiments", "matrix,budget,leakage,transforms,robust,adaptive",
+             "--experiments", "matrix,transfer,budget,leakage,transforms,robust,adaptive",
              "--quiet"])
   assert rc == 0
   md = (out / "report.md").read_text()
   for section in ("PSR matrix", "PSR vs DSSIM budget", "leaked clean photos", "after transforms",
-                  "Robust tracker", "Adaptive tracker", "Cloak quality"):
+                  "Robust tracker", "Adaptive tracker", "Cloak quality", "Transfer: leave one"):
     assert section in md
   recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
   info, rows = recs[0], [r for r in recs[1:] if "psr_n" in r]
@@ -105,3 +109,17 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   assert quality and all(q["dssim_max"] is None or q["dssim_max"] <= q["budget"] + 1e-6
                          for q in quality)
   assert (out / "psr_vs_leakage.png").exists()
+  # Transfer (quick: dlib and sface left out in turn), through all three tracker pipelines.
+  tr = [r for r in rows if r["experiment"] == "transfer"]
+  assert {(r["held_out"], r["tracker"]) for r in tr} == {
+      (m, t) for m in ("dlib", "sface") for t in (m, f"{m}@retinaface", f"{m}@margin")}
+  assert {r["role"] for r in tr} == {"transfer", "white-box", "clean"}
+  assert all(r["cloak_models"] == ("sface" if r["held_out"] == "dlib" else "dlib")
+             for r in tr if r["role"] == "transfer")
+  assert all(r["cloak_models"] == "dlib+sface" for r in tr if r["role"] == "white-box")
+  cloaked = [r for r in tr if r["role"] != "clean"]
+  assert all(r["heldout_shift"] > 0 and 0 <= r["heldout_fooled"] <= 1 for r in cloaked)
+  assert all(set(r["member_fooled"]) == {"dlib", "sface"} for r in cloaked)
+  assert info["transfer_models"] == ["dlib", "sface"]
+  assert set(info["tracker_pipelines"]) == {"retinaface", "margin"}
+  assert "| dlib | retinaface | sface |" in md and (out / "psr_transfer.png").exists()

@@ -157,6 +157,39 @@ def test_report_writes_tables_jsonl_and_plots(tmp_path):
     assert (tmp_path / f"{png}.png").stat().st_size > 1000
 
 
+def test_report_transfer_table_has_a_row_per_held_out_model_and_pipeline(tmp_path):
+  recs = []
+  for m, other in (("dlib", "sface"), ("sface", "dlib")):
+    for pipe in ("yunet", "margin"):
+      for role, k, models in (("transfer", 1, other), ("white-box", 2, "dlib+sface"),
+                              ("clean", 0, "")):
+        for u in ("A", "B"):
+          for kind in ("probe", "knn"):
+            recs.append({"experiment": "transfer", "config": models or "none (clean)",
+                         "setting": role, "user": u, "tracker": m if pipe == "yunet"
+                         else f"{m}@{pipe}", "kind": kind, "psr": k / 4, "psr_k": k, "psr_n": 4,
+                         "acc": 1.0, "acc_k": 5, "acc_n": 5, "role": role, "held_out": m,
+                         "pipeline": pipe, "cloak_models": models,
+                         **({"heldout_shift": 0.1 * k, "heldout_fooled": 0.5 * (k - 1),
+                             "member_shift": {"dlib": 0.3 * k, "sface": 0.4},
+                             "member_fooled": {"dlib": 0.0, "sface": 1.0}}
+                            if role != "clean" else {})})
+  info = {"users": ["A", "B"], "tracker_pipelines": {"margin": {"photos": 9, "fallback": 1}}}
+  report.write(tmp_path, recs, info, {"seed": 0})
+  md = (tmp_path / "report.md").read_text()
+  row = next(l for l in md.splitlines() if l.startswith("| sface | margin |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # held-out, pipeline, transfer cloak, transfer probe/knn, white-box probe/knn, clean probe/knn
+  assert cells[:4] == ["sface", "margin", "dlib", "0.25 +- 0.00 [2/8]"]
+  assert cells[5] == "0.50 +- 0.00 [4/8]" and cells[7] == "0.00 +- 0.00 [0/8]"
+  assert cells[9:] == ["0.10 / 0.20", "0.00 / 0.50", "1.00 [10/10]"]
+  assert "margin 1/9" in md
+  # Every model's verdict per cloak ensemble, the held-out one marked.
+  assert "| dlib | 0.30 / 0.00 | 0.40 / 1.00 (held out) |" in md
+  assert "| dlib+sface | 0.60 / 0.00 | 0.40 / 1.00 |" in md
+  assert (tmp_path / "psr_transfer.png").stat().st_size > 1000
+
+
 def test_crop_robust_probe_on_a_tiny_model():
   from tests.core.tiny import tiny_extractor
   emb = trackers.PortedEmbedder("tiny", extractor=tiny_extractor(), batch_size=8)
