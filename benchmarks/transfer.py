@@ -78,6 +78,7 @@ def main():
   ap.add_argument("--users", type=int, default=4)
   ap.add_argument("--per-user", type=int, default=5)
   ap.add_argument("--first-user", type=int, default=10, help="skip this many identities")
+  ap.add_argument("--pool-ids", type=int, help="use only the first N pool identities (faster)")
   ap.add_argument("--knob", action="append", default=[], help="name=field:value;field:value")
   ap.add_argument("--keep", help="folder to keep the written photos in")
   args = ap.parse_args()
@@ -98,7 +99,14 @@ def main():
 
   judge = Cloaker(CloakConfig(extractors=judges))
   thresholds = {e.name: e.same_person_distance for e in judge.extractors}
-  pool = pool_features(judge, (DATA / "pool").resolve())
+  pool_dir = (DATA / "pool").resolve()
+  if args.pool_ids:
+    pool_dir = ROOT / "out" / f"pool-{args.pool_ids}"  # symlinks: a stable, cacheable subset
+    pool_dir.mkdir(parents=True, exist_ok=True)
+    for d in sorted(p for p in (DATA / "pool").resolve().iterdir() if p.is_dir())[:args.pool_ids]:
+      if not (pool_dir / d.name).exists():
+        (pool_dir / d.name).symlink_to(d)
+  pool = pool_features(judge, pool_dir)
   # Each user's clean centroid per model, from all of their photos.
   own = {}
   for u in users:
