@@ -42,6 +42,32 @@ def _weights_list(args) -> int:
     src = models.module(name).SOURCE
     state = "present" if name in manifest and (wdir / f"{name}.safetensors").exists() else "missing"
     print(f"{name:10s} {state:8s} {src.spec} {src.member} ({src.license})")
+  for name, entry in sorted(manifest.items()):
+    if "base" in entry:  # fine-tuned variants (`weights robust`)
+      print(f"{name:10s} {'present' if (wdir / entry['output']).exists() else 'missing':8s} "
+            f"{entry.get('kind', 'fine-tuned')} from {entry['base']}, eps {entry.get('epsilon')}, "
+            f"{entry.get('epochs')} epochs on {entry.get('data')} ({entry.get('date')})")
+  return 0
+
+
+def _weights_robust(args) -> int:
+  from jaxcloak import robust, weights
+  try:
+    config = robust.RobustConfig(epsilon=args.epsilon, pgd_steps=args.pgd_steps,
+                                 epochs=args.epochs, batch_size=args.batch_size,
+                                 learning_rate=args.learning_rate,
+                                 clean_weight=args.clean_weight, holdout=args.holdout,
+                                 seed=args.seed)
+    entry = robust.train(args.base, Path(args.data), config, name=args.name,
+                         weights_dir=args.weights_dir)
+  except KeyError as e:
+    print(f"error: {e.args[0]}", file=sys.stderr)
+    return 2
+  except (ValueError, weights.WeightsError) as e:  # DataError is a ValueError
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps({k: entry[k] for k in ("output", "output_sha256", "same_person_cosine",
+                                          "train_seconds", "held_out")}))
   return 0
 
 
@@ -136,6 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
   for q in (f, wsub.add_parser("list", help="list models and whether weights are present")):
     q.add_argument("--weights-dir")
     q.add_argument("--cache-dir")
+  r = wsub.add_parser("robust", help="fine-tune a robust surrogate (PGD adversarial training) "
+                      "on a folder of identity subfolders")
+  r.add_argument("base", help="ported extractor to start from, e.g. sface")
+  r.add_argument("--data", required=True, help="folder of <identity>/<photo> subfolders")
+  r.add_argument("--name", help="output model name (default BASE_robust)")
+  r.add_argument("--epsilon", type=float, default=4 / 255, help="L-inf radius, [0, 1] units")
+  r.add_argument("--pgd-steps", type=int, default=3)
+  r.add_argument("--epochs", type=int, default=1)
+  r.add_argument("--batch-size", type=int, default=32)
+  r.add_argument("--learning-rate", type=float, default=5e-5)
+  r.add_argument("--clean-weight", type=float, default=0.5, help="loss share of clean crops")
+  r.add_argument("--holdout", type=float, default=0.05,
+                 help="share of identities kept out for the threshold and checks")
+  r.add_argument("--seed", type=int, default=0)
+  r.add_argument("--weights-dir")
 
   c = sub.add_parser("cloak", help="cloak photos into an output folder")
   c.add_argument("photos", nargs="*", type=Path, help="photo files or folders")
@@ -185,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
   if args.command == "weights":
-    return _weights_fetch(args) if args.weights_command == "fetch" else _weights_list(args)
+    return {"fetch": _weights_fetch, "list": _weights_list,
+            "robust": _weights_robust}[args.weights_command](args)
   if args.command == "cloak":
     return _cloak(args)
   if args.command == "embed":
