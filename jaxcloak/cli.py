@@ -76,7 +76,9 @@ def _config_from_args(args):
   overrides = {}
   for field in ("mode", "budget", "steps", "optimizer", "learning_rate", "target_choice",
                 "target_top_k", "stop_fraction", "batch_size", "min_face", "max_region", "seed",
-                "penalty_init", "budget_margin", "jpeg_quality", "refine_rounds"):
+                "penalty_init", "budget_margin", "jpeg_quality", "refine_rounds", "ensemble",
+                "ensemble_temperature", "views", "feature_dropout", "momentum", "local_budget",
+                "max_pixel_change"):
     v = getattr(args, field, None)
     if v is not None:
       overrides[field] = v
@@ -88,10 +90,20 @@ def _config_from_args(args):
     overrides["jpeg_aware"] = False
   if args.blur_sigmas:
     overrides["blur_sigmas"] = tuple(float(s) for s in args.blur_sigmas.split(","))
+  if args.view_kinds:
+    overrides["view_kinds"] = tuple(args.view_kinds.split(","))
   return preset(args.preset, **overrides)
 
 
+def _person_error(e: Exception) -> int:
+  """A mistake a person can make: one `error:` line, exit 2."""
+  msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  print(f"error: {msg}", file=sys.stderr)
+  return 2
+
+
 def _cloak(args) -> int:
+  from jaxcloak import weights
   from jaxcloak.pipeline.cloaker import Cloaker
   from jaxcloak.pipeline.local import cloak_photos, collect_photos, pool_features
   inputs = list(args.photos)
@@ -104,8 +116,11 @@ def _cloak(args) -> int:
     args.mode = "untargeted"
     print("no --pool given: using the untargeted objective (push features away from the "
           "photo's own); give --pool DIR for the paper's targeted cloak", file=sys.stderr)
-  config = _config_from_args(args)
-  photos = collect_photos(inputs, user=args.user)
+  try:
+    config = _config_from_args(args)
+    photos = collect_photos(inputs, user=args.user)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    return _person_error(e)
   if not photos:
     print("error: no image files found in the inputs", file=sys.stderr)
     return 2
@@ -115,8 +130,14 @@ def _cloak(args) -> int:
       print("error: output folder must differ from the input folder (originals are never "
             "overwritten)", file=sys.stderr)
       return 2
-  cloaker = Cloaker(config, weights_dir=args.weights_dir, strip_metadata=args.strip_metadata)
-  pool = pool_features(cloaker, Path(args.pool)) if config.mode == "targeted" else None
+  if config.mode == "targeted" and not Path(args.pool or "").is_dir():
+    return _person_error(FileNotFoundError(f"target pool {args.pool}: no such folder "
+                                           "(give --pool DIR of identity folders)"))
+  try:
+    cloaker = Cloaker(config, weights_dir=args.weights_dir, strip_metadata=args.strip_metadata)
+    pool = pool_features(cloaker, Path(args.pool)) if config.mode == "targeted" else None
+  except (weights.WeightsError, KeyError, ValueError) as e:
+    return _person_error(e)
   summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
                          progress=not args.quiet and sys.stderr.isatty())
   summary["config"] = dataclasses.asdict(config)
@@ -196,7 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
                  help="optimise JPEG outputs on raw pixels, not through a simulated encode")
   c.add_argument("--refine-rounds", type=int, help="extra rounds from the written pixels")
   c.add_argument("--steps", type=int)
-  c.add_argument("--optimizer", choices=["adam", "adadelta"])
+  c.add_argument("--optimizer", choices=["adam", "adadelta", "mifgsm"])
+  c.add_argument("--momentum", type=float, help="gradient decay of the mifgsm optimizer")
+  c.add_argument("--ensemble", choices=["mean", "balanced"],
+                 help="balanced: members on a common scale, soft maximum (default)")
+  c.add_argument("--ensemble-temperature", type=float, help="soft-maximum temperature")
+  c.add_argument("--views", type=int, help="random views per model per step (EOT; 0 = off)")
+  c.add_argument("--view-kinds", help="comma list of affine,flip,blur,jpeg,noise")
+  c.add_argument("--feature-dropout", type=float, help="conv-output dropout during the search")
+  c.add_argument("--local-budget", type=float, help="DSSIM cap on the worst block of a face")
+  c.add_argument("--max-pixel-change", type=float, help="per-pixel cap, in [0, 1] units")
   c.add_argument("--learning-rate", type=float)
   c.add_argument("--penalty-init", type=float)
   c.add_argument("--target-choice", choices=["max", "average", "random"])
