@@ -16,7 +16,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
 from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import sheet

@@ -10,6 +10,9 @@ perturbation lives on the photo's own pixels (Fawkes, Shan et al. 2020, Eq. 3):
 
 with x' = (tanh(w) + 1) / 2 inside the mask, lambda_i adapted per image, and the
 best within-budget iterate kept. Untargeted mode maximises ||F_e(A_e x') - F_e(A_e x)||.
+With `ensemble="balanced"` (the default) the sum over members is replaced by a
+soft maximum of each member's distance on its own scale, and `views` random
+transformations of each model's input join the loss (`views.py`).
 When the output is a JPEG, the features are taken after a differentiable round
 trip of x' through that encoder (`jpeg.py`), so the cloak is built from what
 the encoder keeps.

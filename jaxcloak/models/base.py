@@ -12,7 +12,10 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from jaxcloak import weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,3 +43,23 @@ class Extractor:
   def embed(self, params, crops: jax.Array) -> jax.Array:
     """[b, s, s, 3] in [0, 1] -> [b, d] raw (unnormalised) embeddings."""
     return self.apply(params, self.preprocess(crops))
+
+
+def load_flax(name: str, model, *, input_size: int, template: np.ndarray, preprocess,
+              embedding_dim: int, same_person_cosine: float, weights_dir=None,
+              what: str | None = None) -> Extractor:
+  """A ported Flax model's Extractor from its converted weights.
+
+  The param tree is checked against the model's own init shapes (missing,
+  unexpected or misshapen keys are listed), and a missing file names the
+  fetch command.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, input_size, input_size, 3), jnp.float32))["params"]
+  expected = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+  loaded = weights.unflatten(weights.load_arrays(name, weights_dir))
+  params = weights.merge_params(expected, loaded, what or name)
+  return Extractor(name=name, input_size=input_size, template=template, preprocess=preprocess,
+                   apply=lambda p, x: model.apply({"params": p}, x),
+                   params=jax.tree.map(jnp.asarray, params), embedding_dim=embedding_dim,
+                   same_person_cosine=same_person_cosine)

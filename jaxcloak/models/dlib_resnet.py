@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcloak import weights
-from jaxcloak.models import layers
+from jaxcloak.models import base, layers
 from jaxcloak.models.base import Extractor
 
 NAME = "dlib"
@@ -347,21 +347,9 @@ def preprocess(x: jax.Array) -> jax.Array:
   return (x * 255.0 - jnp.asarray(MEAN_RGB, x.dtype)) / 256.0
 
 
-def load(weights_dir: Path | None = None) -> Extractor:
-  """Loads converted weights (`jaxcloak weights fetch dlib`) into an Extractor."""
-  model = Model()
-  loaded = weights.unflatten(weights.load_arrays(NAME, weights_dir))
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))["params"]
-  expected = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  params = weights.merge_params(expected, loaded, f"{NAME} ({SOURCE.member})")
-  return Extractor(
-      name=NAME,
-      input_size=INPUT_SIZE,
-      template=TEMPLATE,
-      preprocess=preprocess,
-      apply=lambda p, x: model.apply({"params": p}, x),
-      params=jax.tree.map(jnp.asarray, params),
-      embedding_dim=EMBEDDING_DIM,
-      same_person_cosine=SAME_PERSON_COSINE,
-  )
+def load(weights_dir: str | Path | None = None) -> Extractor:
+  """Loads converted weights; fails listing missing/unexpected keys or the fetch command."""
+  return base.load_flax(NAME, Model(), input_size=INPUT_SIZE, template=TEMPLATE,
+                        preprocess=preprocess, embedding_dim=EMBEDDING_DIM,
+                        same_person_cosine=SAME_PERSON_COSINE, weights_dir=weights_dir,
+                        what=f"{NAME} ({SOURCE.member})")

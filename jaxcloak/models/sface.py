@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcloak import weights
-from jaxcloak.models import layers
+from jaxcloak.models import base, layers
 from jaxcloak.models.base import Extractor
 
 NAME = "sface"
@@ -209,22 +209,8 @@ def convert(path: Path) -> dict[str, np.ndarray]:
   return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def _param_shapes() -> dict:
-  shapes = jax.eval_shape(Model().init, jax.random.key(0),
-                          jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32))
-  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes["params"])
-
-
 def load(weights_dir: str | Path | None = None) -> Extractor:
   """Loads converted weights; fails listing missing/unexpected keys or the fetch command."""
-  arrays = weights.load_arrays(NAME, weights_dir)
-  params = weights.merge_params(_param_shapes(), weights.unflatten(arrays), NAME)
-  params = jax.tree.map(jnp.asarray, params)
-  model = Model()
-
-  def apply(params, x):
-    return model.apply({"params": params}, x)
-
-  return Extractor(name=NAME, input_size=INPUT_SIZE, template=TEMPLATE,
-                   preprocess=preprocess, apply=apply, params=params,
-                   embedding_dim=EMBEDDING_DIM, same_person_cosine=SAME_PERSON_COSINE)
+  return base.load_flax(NAME, Model(), input_size=INPUT_SIZE, template=TEMPLATE,
+                        preprocess=preprocess, embedding_dim=EMBEDDING_DIM,
+                        same_person_cosine=SAME_PERSON_COSINE, weights_dir=weights_dir)
