@@ -131,6 +131,31 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def parse_field(text: str) -> tuple[str, object]:
+  """'views=2' -> ('views', 2): one CloakConfig field and its value, as typed on a
+  command line. The value is a Python literal, else a string; a field whose
+  default is a tuple takes '+'-separated items (extractors=dlib+faceres)."""
+  import ast
+  defaults = {f.name: f.default for f in dataclasses.fields(CloakConfig)}
+  name, sep, raw = text.partition("=")
+  name, raw = name.strip().replace("-", "_"), raw.strip()
+  if not sep or name not in defaults:
+    raise ValueError(f"{text!r}: expected FIELD=VALUE with FIELD one of "
+                     f"{', '.join(sorted(defaults))}")
+  if isinstance(defaults[name], tuple):
+    items = [x.strip() for x in raw.split("+") if x.strip()]
+    return name, tuple(_literal(x, ast) for x in items)
+  return name, _literal(raw, ast)
+
+
+def _literal(raw: str, ast):
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    return raw
+  return tuple(value) if isinstance(value, list) else value
+
+
 def preset(name: str, **overrides) -> CloakConfig:
   if name not in PRESETS:
     raise KeyError(f"unknown preset '{name}'; known: {', '.join(PRESETS)}")

@@ -18,6 +18,11 @@ Transfer (`--experiments transfer`): for each of `--transfer-models` (default:
 every registered extractor), cloak with the ensemble of the others and track
 with the held-out model through each of `--tracker-pipelines` (default
 yunet,retinaface,margin), beside the white-box ensemble of all of them.
+
+Knobs (`--experiments knobs`): the base cloak (first `--user-models` entry)
+and one variant per `--knob`, each judged by every `--trackers` entry (a
+tracker whose extractor is not in the variant's ensemble is held out) and by
+what people see on the written files (worst SSIMULACRA2, worst block DSSIM).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, ba
 
 # The experiments' names (jaxcloak.eval.experiments.EXPERIMENTS), repeated here
 # so building the parser does not import JAX; a test keeps them equal.
-EXPERIMENT_NAMES = ("matrix", "transfer", "budget", "leakage", "robust", "adaptive", "detection",
-                    "transforms", "finetune")
+EXPERIMENT_NAMES = ("matrix", "transfer", "knobs", "budget", "leakage", "robust", "adaptive",
+                    "detection", "transforms", "finetune")
 
 _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or ','
     "user_models": ("user_models", str), "trackers": ("trackers", str), "kinds": ("kinds", str),
@@ -90,6 +95,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="set any other cloak config field for every cloak of the run (a Python "
                       "literal, else a string; repeatable), e.g. --cloak views=2 "
                       "--cloak feature_dropout=0.1")
+  g.add_argument("--knob", action="append", default=[], metavar="'FIELD=VALUE ...'",
+                 help="one row of the knobs experiment (repeatable; replaces the default rows, "
+                      "experiments.KNOBS): cloak settings changed from the base cloak (the first "
+                      "--user-models entry), space-separated; list fields take '+', e.g. --knob "
+                      "views=1 --knob "
+                      "'views=1 view_kinds=blur' --knob extractors=dlib+mobileface+faceres")
   g = p.add_argument_group("trackers")
   g.add_argument("--trackers",
                  help="comma list of trackers EXTRACTOR[@PIPELINE]: dlib, facenet, sface, or "
@@ -117,8 +128,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--finetune-epochs", type=int)
   g.add_argument("--insightface-root", help="insightface model root (default ~/.insightface)")
   g = p.add_argument_group("experiments")
-  g.add_argument("--experiments", help=f"comma list from {','.join(EXPERIMENT_NAMES)}, run in this order "
-                      "(default all)")
+  g.add_argument("--experiments", help=f"comma list from {','.join(EXPERIMENT_NAMES)}, run in this "
+                      "order (default all but knobs)")
   g.add_argument("--leaks", help="comma list of leaked fractions (default 0,0.2,0.5)")
   g.add_argument("--transforms", help="comma list: blur:SIGMA, noise:SIGMA, jpeg:QUALITY, augment")
   g.add_argument("--augment-copies", type=int)
@@ -144,24 +155,31 @@ def settings_from_args(args):
     values["jpeg_aware"] = False
   if getattr(args, "cloak", None):
     values["cloak_overrides"] = tuple(cloak_override(x) for x in args.cloak)
+  if getattr(args, "knob", None):
+    values["knobs"] = tuple(knob(x) for x in args.knob)
   return Settings(data=args.data, pool=args.pool, **values)
 
 
 def cloak_override(text: str) -> tuple[str, object]:
-  """'views=2' -> ('views', 2): a CloakConfig field and a literal (lists become tuples)."""
-  import ast
-  from jaxcloak.config import CloakConfig
-  field, sep, raw = text.partition("=")
-  field = field.strip().replace("-", "_")
-  names = {f.name for f in dataclasses.fields(CloakConfig)}
-  if not sep or field not in names:
-    raise ValueError(f"--cloak {text!r}: expected FIELD=VALUE with FIELD one of "
-                     f"{', '.join(sorted(names))}")
+  """'views=2' -> ('views', 2): a CloakConfig field and its value (config.parse_field)."""
+  from jaxcloak.config import parse_field
   try:
-    value = ast.literal_eval(raw.strip())
-  except (ValueError, SyntaxError):
-    value = raw.strip()
-  return field, tuple(value) if isinstance(value, list) else value
+    return parse_field(text)
+  except ValueError as e:
+    raise ValueError(f"--cloak {e}") from None
+
+
+def knob(text: str) -> str:
+  """A --knob: space-separated FIELD=VALUE settings, checked here, kept as typed."""
+  from jaxcloak.config import parse_field
+  for part in text.split():
+    try:
+      parse_field(part)
+    except ValueError as e:
+      raise ValueError(f"--knob {e}") from None
+  if not text.split():
+    raise ValueError("--knob needs at least one FIELD=VALUE")
+  return " ".join(text.split())
 
 
 def run(args) -> int:

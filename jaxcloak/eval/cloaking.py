@@ -66,6 +66,9 @@ class Cloaked:
   # transfer experiment judges the written files itself either way.
   member_distances: dict[str, float] | None = None
   member_fooled: dict[str, bool] | None = None
+  # What people see, measured on the written file by the engine.
+  ssimulacra2: float | None = None
+  worst_block: float | None = None
 
 
 class CloakRunner:
@@ -162,7 +165,9 @@ class CloakRunner:
           r, s, it.status, t.name if t else None, dssim, p, seconds, stats.get("self_distance"),
           _per_member(stats.get("member_distances", stats.get("member_self")), config.extractors,
                       float),
-          _per_member(stats.get("member_fooled"), config.extractors, bool))
+          _per_member(stats.get("member_fooled"), config.extractors, bool),
+          stats.get("ssimulacra2") if dssim is not None else None,
+          stats.get("worst_block") if dssim is not None else None)
 
 
 def _per_member(values, members: Sequence[str], cast) -> dict | None:

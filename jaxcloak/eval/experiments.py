@@ -13,7 +13,8 @@ budget, Fig. 16), `leakage` (share of U's tracker photos left uncloaked),
 `robust` (probe adversarially trained with PGD on its input features),
 `transfer` (leave one model out: cloak with the other models' ensemble, track
 with the held-out one, through each tracker pipeline; beside the white-box
-ensemble of all of them),
+ensemble of all of them), `knobs` (each transfer technique on and off against
+the base cloak, judged by held-out trackers and by what people see; opt-in),
 `adaptive` (the tracker adds cloaked photos of identities it knows to its
 training set, Radiya-Dixit et al. 2022), `finetune` (the extractor's last
 layers trained too) and `detection` (§8.2, with and without mitigations).
@@ -30,15 +31,24 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxcloak import models
-from jaxcloak.config import CloakConfig, preset
+from jaxcloak.config import CloakConfig, parse_field, preset
 from jaxcloak.eval import dataset, metrics, pipelines, trackers
 from jaxcloak.eval import transforms as transforms_lib
 from jaxcloak.eval.cloaking import CloakRunner, Cloaked, config_label, pool_identity_features
 from jaxcloak.eval.dataset import Sample
 
 # Cheap, central experiments first: a long run's partial report is useful early.
-EXPERIMENTS = ("matrix", "transfer", "budget", "leakage", "robust", "adaptive", "detection",
-               "transforms", "finetune")
+EXPERIMENTS = ("matrix", "transfer", "knobs", "budget", "leakage", "robust", "adaptive",
+               "detection", "transforms", "finetune")
+# Run when --experiments is not given: all but the knob table, which is a
+# study of its own (its rows are the ones the issue-9 table measures).
+DEFAULT_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e != "knobs")
+# The knob table's rows: each technique switched against the base cloak.
+KNOBS = ("local_budget=None", "ensemble=mean", "extractors=dlib+mobileface+faceres",
+         "extractors=dlib_robust+mobileface", "views=1", "views=1 view_kinds=affine",
+         "views=1 view_kinds=flip", "views=1 view_kinds=blur", "views=1 view_kinds=jpeg",
+         "views=1 view_kinds=noise", "feature_dropout=0.1", "optimizer=mifgsm",
+         "mode=untargeted", "budget=0.017", "steps=150", "max_pixel_change=0.06")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +114,11 @@ class Settings:
   # the tracker pipelines each held-out model is measured through.
   transfer_models: tuple[str, ...] | None = None
   tracker_pipelines: tuple[str, ...] = pipelines.PIPELINES
+  # Knobs: each a space-separated list of CloakConfig FIELD=VALUE applied to
+  # the base cloak (config.parse_field; e.g. "views=1 view_kinds=blur").
+  knobs: tuple[str, ...] = KNOBS
   # Experiments.
-  experiments: tuple[str, ...] = EXPERIMENTS
+  experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
   budgets: tuple[float, ...] = (0.002, 0.004, 0.007, 0.012, 0.017)
   leaks: tuple[float, ...] = (0.0, 0.2, 0.5)
   transforms: tuple[str, ...] = ("blur:1", "blur:2", "noise:0.02", "noise:0.05", "jpeg:90",
@@ -128,8 +141,12 @@ class Settings:
     extra.update(target_choice=self.target_choice, jpeg_aware=self.jpeg_aware)
     extra.update(dict(self.cloak_overrides))
     extra.update(overrides)
-    return preset(self.preset, extractors=tuple((models or self.user_models[0]).split("+")),
-                  batch_size=self.batch_size, seed=self.seed, **extra)
+    extra.setdefault("extractors", tuple((models or self.user_models[0]).split("+")))
+    return preset(self.preset, batch_size=self.batch_size, seed=self.seed, **extra)
+
+  def knob_config(self, knob: str) -> CloakConfig:
+    """The base cloak with one knob's FIELD=VALUE settings applied."""
+    return self.base_config(**dict(parse_field(part) for part in knob.split()))
 
 
 class FeatureStore:
@@ -230,6 +247,8 @@ class Evaluation:
     cloak_models = {m for um in s.user_models for m in um.split("+")}
     if "transfer" in s.experiments:
       cloak_models |= set(s.transfer_set())
+    if "knobs" in s.experiments:
+      cloak_models |= {m for k in s.knobs for m in s.knob_config(k).extractors}
     cloak_models = sorted(cloak_models)
     self.log(f"target-pool features for {len(self.pool_samples)} identities ({', '.join(cloak_models)})")
     pool = pool_identity_features(cloak_models, self.pool_samples, self.features)
@@ -350,7 +369,7 @@ class Evaluation:
     rec.update(extra)
     self.records.append(rec)
 
-  def quality(self, experiment: str, config: CloakConfig) -> None:
+  def quality(self, experiment: str, config: CloakConfig, **extra) -> None:
     rows = [c for u in self.users for c in self.cloak(config, u)]
     d = [c.dssim for c in rows if c.dssim is not None]
     p = [c.psnr for c in rows if c.psnr is not None and np.isfinite(c.psnr)]
@@ -365,9 +384,10 @@ class Evaluation:
         "redetected": sum(1 for c in rows if c.sample is not None and len(c.sample.scores)),
         "dssim_mean": float(np.mean(d)) if d else None, "dssim_max": float(np.max(d)) if d else None,
         "psnr_mean": float(np.mean(p)) if p else None,
+        **_visibility(rows),
         "feature_shift_mean": float(np.mean(fs)) if fs else None,
         "seconds_per_photo": float(np.mean([c.seconds for c in rows])) if rows else None,
-        "targets": sorted({c.target for c in rows if c.target})})
+        "targets": sorted({c.target for c in rows if c.target}), **extra})
 
   # -- experiments ---------------------------------------------------------------
 
@@ -386,6 +406,9 @@ class Evaluation:
                        f"(use {', '.join(pipelines.PIPELINES)})")
     if "transfer" in s.experiments:
       leave_one_out(s.transfer_set())
+    if "knobs" in s.experiments:
+      for k in s.knobs:
+        s.knob_config(k)  # a bad knob fails before any work
     if not hasattr(self, "samples"):
       self.load()
     for name in dict.fromkeys(s.experiments):
@@ -457,6 +480,30 @@ class Evaluation:
       self.quality("transfer", transfer)
     self.quality("transfer", white)
     self.info["tracker_pipelines"] = self.features.pipelines.stats()
+
+  def exp_knobs(self) -> None:
+    """Each transfer technique on and off: the base cloak (first user model) and
+    one variant per knob, on the same users, splits and targets' pool, judged
+    by every tracker (held out where its extractor is not in the variant's
+    ensemble) and by what people see on the written files."""
+    s = self.s
+    for u in self.users:
+      for tr in s.trackers:
+        for kind in s.kinds:
+          self.record("knobs", None, "no cloak", u, tr, kind,
+                      self.track(tr, kind, u, self.splits[u].train), knob="no cloak")
+    for knob in ("base",) + tuple(s.knobs):
+      config = s.base_config() if knob == "base" else s.knob_config(knob)
+      for u in self.users:
+        rows = [c for c in self.cloak(config, u) if c.sample is not None]
+        for tr in s.trackers:
+          shift, fooled = self._verdict(tr, rows)
+          held_out = pipelines.parse(tr)[0] not in config.extractors
+          for kind in s.kinds:
+            self.record("knobs", config, knob, u, tr, kind,
+                        self.track(tr, kind, u, [c.sample for c in rows]), knob=knob,
+                        held_out=held_out, tracker_shift=shift, tracker_fooled=fooled)
+      self.quality("knobs", config, knob=knob)
 
   def _verdict(self, tracker: str, rows: Sequence[Cloaked]) -> tuple[float | None, float | None]:
     """A model's view of the written cloaks: mean L2 move of its unit features from
@@ -595,6 +642,17 @@ class Evaluation:
           rec["clean_photos"] = len(clean)
           self.records.append(rec)
       self.quality("detection", config)
+
+
+def _visibility(rows: Sequence[Cloaked]) -> dict:
+  """What people see on the written files: the worst face's SSIMULACRA2 (higher
+  is better) and worst eye-sized block DSSIM, and their means."""
+  s2 = [c.ssimulacra2 for c in rows if c.ssimulacra2 is not None]
+  wb = [c.worst_block for c in rows if c.worst_block is not None]
+  return {"ssimulacra2_min": float(np.min(s2)) if s2 else None,
+          "ssimulacra2_mean": float(np.mean(s2)) if s2 else None,
+          "worst_block_max": float(np.max(wb)) if wb else None,
+          "worst_block_mean": float(np.mean(wb)) if wb else None}
 
 
 def _member_summary(rows: Sequence[Cloaked]) -> dict:

@@ -189,6 +189,41 @@ def _transfer_section(records, info=None) -> str:
   return "\n".join(out) + "\n"
 
 
+def _knobs_section(records) -> str:
+  rows = aggregate(records, "knobs", keys=("knob", "tracker", "kind"))
+  if not rows:
+    return ""
+  recs = [r for r in records if r.get("experiment") == "knobs" and r["knob"] != "no cloak"]
+  quality = {r["knob"]: r for r in records
+             if r.get("experiment") == "quality" and r.get("for") == "knobs"}
+  kinds = list(OrderedDict.fromkeys(r["kind"] for r in rows))
+  trackers = list(OrderedDict.fromkeys(r["tracker"] for r in rows))
+  knobs = list(OrderedDict.fromkeys(r["knob"] for r in rows))
+  by = {(r["knob"], r["tracker"], r["kind"]): r for r in rows}
+  member = {(r["knob"], r["tracker"]) for r in recs if not r["held_out"]}
+  table = []
+  for k in knobs:
+    q = quality.get(k, {})
+    cells = []
+    for t in trackers:
+      for kind in kinds:
+        c = by.get((k, t, kind))
+        cells.append((f"{_f(c['psr_mean'])} [{c['psr_k']}/{c['psr_n']}]" if c else "")
+                     + (" (member)" if (k, t) in member else ""))
+    table.append([k, q.get("config", "")] + cells + [
+        _f(q.get("ssimulacra2_min"), 1), _f(q.get("worst_block_max"), 3),
+        _f(q.get("dssim_mean"), 4), _f(q.get("seconds_per_photo"), 1)])
+  header = ["knob", "config"] + [f"{t} {kind}" for t in trackers for kind in kinds]
+  header += ["worst SSIMULACRA2", "worst block DSSIM", "DSSIM mean", "s/photo"]
+  return ("## Knobs: each technique on and off\n\nThe base cloak (first user model) and one "
+          "variant per knob, on the same users, splits and target pool. Cell: PSR mean over "
+          "users [not recognised / U test photos]; a tracker whose extractor is in the variant's "
+          "ensemble is marked (member), every other one is held out. Worst SSIMULACRA2 (higher "
+          "is better) and worst block DSSIM: the worst face of the variant, on the written "
+          "files. s/photo: wall time per photo, compile included, shared CPU.\n\n"
+          + _table(header, table) + "\n")
+
+
 def _quality_section(records) -> str:
   rows = [r for r in records if r.get("experiment") == "quality"]
   if not rows:
@@ -200,15 +235,19 @@ def _quality_section(records) -> str:
     seen.add(r["config"])
     table.append([r["config"], _f(r["budget"], 4), r["steps"], f"{r['cloaked']}/{r['photos']}",
                   _f(r["dssim_mean"], 4), _f(r["dssim_max"], 4), _f(r["psnr_mean"], 1),
-                  _f(r.get("feature_shift_mean"), 3), _f(r["seconds_per_photo"], 2),
+                  _f(r.get("feature_shift_mean"), 3), _f(r.get("ssimulacra2_min"), 1),
+                  _f(r.get("worst_block_max"), 3), _f(r["seconds_per_photo"], 2),
                   ", ".join(f"{k}: {v}" for k, v in r["statuses"].items()),
                   f"{r['redetected']}/{r['photos']}"])
   return ("## Cloak quality (on the written files)\n\nDSSIM over each main face's region, "
           "measured on the re-decoded written file; PSNR over the same region; seconds per "
           "photo include compile time of the first batch of each config (shared CPU, noisy). Feature "
-          "shift: mean L2 move of the user model's unit features (float patch, before writing).\n\n"
+          "shift: mean L2 move of the user model's unit features (float patch, before writing). "
+          "Worst SSIMULACRA2 (100 = identical, higher is better) and worst block DSSIM (an "
+          "eye-sized block): the config's worst face on the written files.\n\n"
           + _table(["config", "budget", "steps", "cloaked / photos", "DSSIM mean", "DSSIM max",
-                    "PSNR dB", "feature shift", "s/photo", "statuses", "face re-detected"], table) + "\n")
+                    "PSNR dB", "feature shift", "worst SSIMULACRA2", "worst block DSSIM",
+                    "s/photo", "statuses", "face re-detected"], table) + "\n")
 
 
 def _detection_section(records) -> str:
@@ -274,6 +313,7 @@ def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
       "Settings: `" + json.dumps(settings, default=str) + "`", ""]
   parts.append(_matrix_section(records))
   parts.append(_transfer_section(records, info))
+  parts.append(_knobs_section(records))
   parts.append(_psr_section(records, "budget", "PSR vs DSSIM budget (paper Fig. 16)",
                             "Base user model; one cloak per budget."))
   parts.append(_psr_section(records, "leakage", "PSR with leaked clean photos",

@@ -92,12 +92,13 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
              "--identities", "6", "--max-photos", "6", "--train-per-user", "3",
              "--pool-identities", "6", "--pool-photos", "2", "--background", "2", "--steps", "3",
              "--budgets", "0.004", "--transforms", "jpeg:50,augment", "--adaptive-photos", "0",
-             "--experiments", "matrix,transfer,budget,leakage,transforms,robust,adaptive",
-             "--quiet"])
+             "--experiments", "matrix,transfer,knobs,budget,leakage,transforms,robust,adaptive",
+             "--knob", "budget=0.007", "--quiet"])
   assert rc == 0
   md = (out / "report.md").read_text()
   for section in ("PSR matrix", "PSR vs DSSIM budget", "leaked clean photos", "after transforms",
-                  "Robust tracker", "Adaptive tracker", "Cloak quality", "Transfer: leave one"):
+                  "Robust tracker", "Adaptive tracker", "Cloak quality", "Transfer: leave one",
+                  "Knobs: each technique"):
     assert section in md
   recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
   info, rows = recs[0], [r for r in recs[1:] if "psr_n" in r]
@@ -123,3 +124,11 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   assert info["transfer_models"] == ["dlib", "sface"]
   assert set(info["tracker_pipelines"]) == {"retinaface", "margin"}
   assert "| dlib | retinaface | sface |" in md and (out / "psr_transfer.png").exists()
+  # Knobs: the base cloak and the one --knob row, judged by the quick trackers (dlib, a member).
+  kn = [r for r in rows if r["experiment"] == "knobs"]
+  assert {r["knob"] for r in kn} == {"no cloak", "base", "budget=0.007"}
+  assert all(not r["held_out"] for r in kn if r["knob"] != "no cloak")
+  kq = {q["knob"]: q for q in quality if q["for"] == "knobs"}
+  assert kq["budget=0.007"]["budget"] == 0.007 and kq["base"]["budget"] == 0.004
+  assert all(40 < q["ssimulacra2_min"] <= 100 and 0 < q["worst_block_max"] < 0.2
+             for q in kq.values())

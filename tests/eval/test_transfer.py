@@ -38,6 +38,32 @@ def test_transfer_configs_default_to_every_registered_extractor(tmp_path):
   assert [f.transfer for f in experiments.leave_one_out(q.transfer_set())] == [("sface",), ("dlib",)]
 
 
+def test_knobs_change_only_their_fields_of_the_base_cloak(tmp_path):
+  s = experiments.Settings(data=tmp_path, pool=tmp_path, user_models=("dlib+mobileface",))
+  base = s.base_config()
+  for knob in s.knobs:  # the default table's rows are all valid configs
+    s.knob_config(knob)
+  v = s.knob_config("views=1 view_kinds=blur+jpeg")
+  assert (v.views, v.view_kinds) == (1, ("blur", "jpeg"))
+  assert (v.extractors, v.budget, v.steps) == (base.extractors, base.budget, base.steps)
+  assert s.knob_config("extractors=dlib+mobileface+faceres").extractors == (
+      "dlib", "mobileface", "faceres")
+  assert s.knob_config("local_budget=0.03").local_budget == 0.03
+  with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+    s.knob_config("view=1")
+  with pytest.raises(ValueError, match="unknown view kinds"):
+    s.knob_config("views=1 view_kinds=blurr")
+
+
+def test_cli_knob_flags_are_checked_before_any_work(tmp_path, capsys):
+  from jaxcloak.eval.cli import main
+  (tmp_path / "d" / "a").mkdir(parents=True)
+  rc = main(["eval", str(tmp_path / "d"), "--pool", str(tmp_path / "d"), "-o", str(tmp_path / "r"),
+             "--experiments", "knobs", "--knob", "views=1 feature_dropot=0.1", "--quiet"])
+  err = capsys.readouterr().err
+  assert rc == 2 and err.startswith("error: --knob 'feature_dropot=0.1'") and err.count("\n") == 1
+
+
 def test_tracker_specs():
   assert pipelines.parse("sface") == ("sface", "yunet")
   assert pipelines.parse("sface@retinaface") == ("sface", "retinaface")
