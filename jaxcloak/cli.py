@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxcloak import SAMPLES_DIR, __version__
+from jaxcloak import SAMPLES_DIR, __version__, compile_cache, flags
 
 EXTRA_COMMANDS = {
     "migrate": "jaxcloak.pipeline.migrate",
@@ -71,30 +71,6 @@ def _weights_robust(args) -> int:
   return 0
 
 
-def _config_from_args(args):
-  from jaxcloak.config import preset
-  overrides = {}
-  for field in ("mode", "budget", "steps", "optimizer", "learning_rate", "target_choice",
-                "target_top_k", "stop_fraction", "batch_size", "min_face", "max_region", "seed",
-                "penalty_init", "budget_margin", "jpeg_quality", "refine_rounds", "ensemble",
-                "ensemble_temperature", "views", "feature_dropout", "momentum", "local_budget",
-                "max_pixel_change"):
-    v = getattr(args, field, None)
-    if v is not None:
-      overrides[field] = v
-  if args.extractors:
-    overrides["extractors"] = tuple(args.extractors.split(","))
-  if args.extractor_weights:
-    overrides["extractor_weights"] = tuple(float(w) for w in args.extractor_weights.split(","))
-  if args.no_jpeg_aware:
-    overrides["jpeg_aware"] = False
-  if args.blur_sigmas:
-    overrides["blur_sigmas"] = tuple(float(s) for s in args.blur_sigmas.split(","))
-  if args.view_kinds:
-    overrides["view_kinds"] = tuple(args.view_kinds.split(","))
-  return preset(args.preset, **overrides)
-
-
 def _person_error(e: Exception) -> int:
   """A mistake a person can make: one `error:` line, exit 2."""
   msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
@@ -117,7 +93,7 @@ def _cloak(args) -> int:
     print("no --pool given: using the untargeted objective (push features away from the "
           "photo's own); give --pool DIR for the paper's targeted cloak", file=sys.stderr)
   try:
-    config = _config_from_args(args)
+    config = flags.config_from_flags(args)
     photos = collect_photos(inputs, user=args.user)
   except (ValueError, KeyError, FileNotFoundError) as e:
     return _person_error(e)
@@ -141,6 +117,25 @@ def _cloak(args) -> int:
   summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
                          progress=not args.quiet and sys.stderr.isatty())
   summary["config"] = dataclasses.asdict(config)
+  print(json.dumps(summary))
+  return 0
+
+
+def _check(args) -> int:
+  from jaxcloak import check, weights
+  extractors = tuple(x for x in args.extractors.split(",") if x) if args.extractors else None
+  try:
+    summary = check.check(args.originals, args.cloaked, args.output, weights_dir=args.weights_dir,
+                          **({"extractors": extractors} if extractors else {}),
+                          **({"cloaked_with": tuple(args.cloaked_with.split(","))}
+                             if args.cloaked_with else {}))
+  except (check.CheckError, weights.WeightsError, KeyError) as e:
+    return _person_error(e)
+  except OSError as e:
+    return _person_error(OSError(f"{e.filename or 'output'}: {e.strerror}"))
+  if not args.quiet:
+    print(check.table(summary), file=sys.stderr)
+    print(f"contact sheets: {', '.join(summary['sheets'])}", file=sys.stderr)
   print(json.dumps(summary))
   return 0
 
@@ -170,7 +165,6 @@ def _embed(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  from jaxcloak.config import PRESETS
   p = argparse.ArgumentParser(prog="jaxcloak", description=__doc__)
   p.add_argument("--version", action="version", version=__version__)
   sub = p.add_subparsers(dest="command", required=True)
@@ -203,48 +197,33 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("photos", nargs="*", type=Path, help="photo files or folders")
   c.add_argument("-o", "--output", required=True, help="output folder")
   c.add_argument("--samples", action="store_true", help="also cloak the bundled sample photos")
-  c.add_argument("--preset", default="mid", choices=sorted(PRESETS))
-  c.add_argument("--mode", choices=["targeted", "untargeted"])
   c.add_argument("--pool", help="target pool: folder of identity subfolders")
   c.add_argument("--user", help="user id for all photos (default: each photo's folder)")
-  c.add_argument("--extractors", help="comma list, e.g. dlib,facenet (default dlib)")
-  c.add_argument("--extractor-weights", help="comma list of weights, one per extractor")
-  c.add_argument("--budget", type=float, help="DSSIM budget per face")
-  c.add_argument("--budget-margin", type=float, help="optimise to budget*margin (default 0.9)")
-  c.add_argument("--jpeg-quality", type=int, help="re-encode JPEGs at this quality "
-                 "(default: keep the input's tables)")
-  c.add_argument("--no-jpeg-aware", action="store_true",
-                 help="optimise JPEG outputs on raw pixels, not through a simulated encode")
-  c.add_argument("--refine-rounds", type=int, help="extra rounds from the written pixels")
-  c.add_argument("--steps", type=int)
-  c.add_argument("--optimizer", choices=["adam", "adadelta", "mifgsm"])
-  c.add_argument("--momentum", type=float, help="gradient decay of the mifgsm optimizer")
-  c.add_argument("--ensemble", choices=["mean", "balanced"],
-                 help="balanced: members on a common scale, soft maximum (default)")
-  c.add_argument("--ensemble-temperature", type=float, help="soft-maximum temperature")
-  c.add_argument("--views", type=int, help="random views per model per step (EOT; 0 = off)")
-  c.add_argument("--view-kinds", help="comma list of affine,flip,blur,jpeg,noise")
-  c.add_argument("--feature-dropout", type=float, help="conv-output dropout during the search")
-  c.add_argument("--local-budget", type=float, help="DSSIM cap on the worst block of a face")
-  c.add_argument("--max-pixel-change", type=float, help="per-pixel cap, in [0, 1] units")
-  c.add_argument("--learning-rate", type=float)
-  c.add_argument("--penalty-init", type=float)
-  c.add_argument("--target-choice", choices=["max", "average", "random"])
-  c.add_argument("--target-top-k", type=int)
-  c.add_argument("--stop-fraction", type=float, help="detection evasion, paper: 0.2")
-  c.add_argument("--blur-sigmas", help="comma list of Gaussian sigmas (LowKey robustness)")
-  c.add_argument("--batch-size", type=int)
-  c.add_argument("--min-face", type=int)
-  c.add_argument("--max-region", type=int)
-  c.add_argument("--seed", type=int)
+  flags.add_cloak_flags(c)
   c.add_argument("--strip-metadata", action="store_true", help="drop EXIF and ICC")
   c.add_argument("--report", help="JSONL report path (default OUT/report.jsonl)")
   c.add_argument("--weights-dir")
+  compile_cache.add_flag(c)
   c.add_argument("--quiet", action="store_true")
 
   # Subcommands owned by their modules: each gives add_parser(sub) and run(args).
   for command, module in EXTRA_COMMANDS.items():
     importlib.import_module(module).add_parser(sub)
+
+  k = sub.add_parser("check", help="which recognizers still match cloaked faces to the originals",
+                     description="For every photo pair (same relative path), every ported "
+                     "recognizer judges whether the cloaked face still matches the original "
+                     "(under its same-person threshold). Writes check.jsonl, check.md and contact "
+                     "sheets (PNG) into -o (default CLOAKED/check).")
+  k.add_argument("originals", type=Path, help="the folder that was cloaked")
+  k.add_argument("cloaked", type=Path, help="the cloaked output folder")
+  k.add_argument("-o", "--output", type=Path, help="report folder (default CLOAKED/check)")
+  k.add_argument("--extractors", help="comma list of judges (default: every ported model)")
+  k.add_argument("--cloaked-with", help="comma list of the models the cloak was optimised on "
+                 "(default: read from CLOAKED/report.jsonl)")
+  k.add_argument("--weights-dir")
+  compile_cache.add_flag(k)
+  k.add_argument("--quiet", action="store_true")
 
   e = sub.add_parser("embed", help="embed photos and print a similarity matrix")
   e.add_argument("photos", nargs="*", type=Path)
@@ -255,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
   args = build_parser().parse_args(argv)
+  if hasattr(args, "compile_cache"):
+    try:
+      args.compile_cache = compile_cache.enable(compile_cache.resolve(args.compile_cache))
+    except ValueError as e:
+      return _person_error(e)
   if args.command == "weights":
     return {"fetch": _weights_fetch, "list": _weights_list,
             "robust": _weights_robust}[args.weights_command](args)
@@ -262,6 +246,8 @@ def main(argv=None) -> int:
     return _cloak(args)
   if args.command == "embed":
     return _embed(args)
+  if args.command == "check":
+    return _check(args)
   if args.command in EXTRA_COMMANDS:
     return importlib.import_module(EXTRA_COMMANDS[args.command]).run(args)
   return 2

@@ -21,14 +21,14 @@ class CloakConfig:
   # (Fawkes paper / v0.3); "untargeted" pushes them away from the photo's own
   # features (Fawkes 1.0, LowKey).
   mode: Mode = "targeted"
-  extractors: tuple[str, ...] = ("dlib",)
+  extractors: tuple[str, ...] = ("dlib",)  # surrogate models; several make an ensemble
   extractor_weights: tuple[float, ...] = ()  # empty = equal weights
   budget: float = 0.012  # DSSIM = (1 - SSIM) / 2 over each face region
   # The optimiser aims at budget * margin: re-encoding adds DSSIM, and shrinking
   # a finished cloak to fit costs far more protection than aiming lower.
   budget_margin: float = 0.9
-  steps: int = 75
-  optimizer: Literal["adam", "adadelta", "mifgsm"] = "adam"
+  steps: int = 75  # optimisation steps per face
+  optimizer: Literal["adam", "adadelta", "mifgsm"] = "adam"  # mifgsm: momentum, signed steps
   learning_rate: float = 0.01  # in tanh space; tuned on LFW faces (low preset: 0.005-0.01 best)
   penalty_init: float = 50.0  # initial per-image weight on the DSSIM excess
   # Target choice from the pool (paper §4 "max"; §8.2 "average" mitigation).
@@ -44,21 +44,21 @@ class CloakConfig:
   # untargeted) and takes a soft maximum over members at this temperature, so
   # the hardest member is not neglected; "mean" is Fawkes' weighted mean.
   ensemble: Ensemble = "balanced"
-  ensemble_temperature: float = 0.05
+  ensemble_temperature: float = 0.05  # of the balanced soft maximum; lower = harder max
   # Expectation over transformations: this many random views of every model's
   # input per step (alignment jitter, flip, blur, JPEG, noise; views.py), the
   # loss being their mean with the plain view. 0 = off.
   views: int = 0
-  view_kinds: tuple[str, ...] = ("affine", "flip", "blur", "jpeg", "noise")
+  view_kinds: tuple[str, ...] = ("affine", "flip", "blur", "jpeg", "noise")  # what a view may do
   # Model augmentation (DFANet-style): drop this share of every conv output at
   # random during the search, a new model each step. 0 = off.
   feature_dropout: float = 0.0
   momentum: float = 1.0  # decay of the accumulated gradient, "mifgsm" optimizer only
   # What people see, besides the mean region DSSIM: a cap on the DSSIM of the
   # worst block (1/8 of the region side) and a per-pixel change cap (of 1.0).
-  local_budget: float | None = None
-  max_pixel_change: float | None = None
-  batch_size: int = 8
+  local_budget: float | None = None  # DSSIM cap on the worst block of a face
+  max_pixel_change: float | None = None  # cap on each pixel's change, in [0, 1] units
+  batch_size: int = 8  # faces per compiled batch (size it for the device)
   # JPEG output: None keeps the input's quantisation tables (same quality and
   # size); an int re-encodes at that quality. Low-quality inputs erase part of
   # the cloak when kept (see BUILD.md).
@@ -72,7 +72,7 @@ class CloakConfig:
   detect_upscale: bool = True  # run YuNet on small photos enlarged to 640 (better recall)
   min_face: int = 32  # faces narrower than this (pixels) are reported, not cloaked
   max_region: int = 512  # region side above which the cloak is optimised downscaled
-  seed: int = 0
+  seed: int = 0  # target choice, views and dropout draw from it
 
   def __post_init__(self):
     if self.mode not in ("targeted", "untargeted"):

@@ -33,6 +33,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from jaxcloak import compile_cache
+
 QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, background=5,
              users=2, train_per_user=6, min_test=2, preset="low", steps=10,
              user_models=("dlib",), trackers=("dlib",), kinds=("probe", "knn"), probe_steps=200,
@@ -135,6 +137,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--augment-copies", type=int)
   p.add_argument("--seed", type=int)
   p.add_argument("--weights-dir")
+  compile_cache.add_flag(p)
   p.add_argument("--quiet", action="store_true")
   return p
 
@@ -217,6 +220,11 @@ def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   args = parser.parse_args(argv)
   args.argv = argv
+  try:
+    args.compile_cache = compile_cache.enable(compile_cache.resolve(args.compile_cache))
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return run(args)
 
 

@@ -131,15 +131,9 @@ class CloakRunner:
             exclude=(user,))
       items += user_items
       photos += list(ps)
-    faces, tfeats = [], {}
-    for it in items:
-      for f in it.faces:
-        faces.append(f)
-        if it.user in targets:
-          tfeats[id(f)] = targets[it.user].features
-    cloaker.optimise(faces, tfeats)
-    for it in items:
-      cloaker.write_back(it)
+    tfeats = {id(f): targets[it.user].features for it in items for f in it.faces
+              if it.user in targets}
+    cloaker.cloak_items(items, tfeats)
     seconds = (time.time() - t0) / max(1, len(items))
     written = []
     for s, it in zip(photos, items):

@@ -411,6 +411,7 @@ class Evaluation:
         s.knob_config(k)  # a bad knob fails before any work
     if not hasattr(self, "samples"):
       self.load()
+    self._checkpoint = after_each or (lambda: None)
     for name in dict.fromkeys(s.experiments):
       t = time.time()
       self.log(f"experiment {name}")
@@ -478,6 +479,7 @@ class Evaluation:
               self.record("transfer", config, f"{role}: cloak {'+'.join(members)}", u, tr, kind,
                           self.track(tr, kind, u, [c.sample for c in rows]), **extra)
       self.quality("transfer", transfer)
+      self._checkpoint()  # each fold reported as it ends
     self.quality("transfer", white)
     self.info["tracker_pipelines"] = self.features.pipelines.stats()
 
@@ -504,6 +506,7 @@ class Evaluation:
                         self.track(tr, kind, u, [c.sample for c in rows]), knob=knob,
                         held_out=held_out, tracker_shift=shift, tracker_fooled=fooled)
       self.quality("knobs", config, knob=knob)
+      self._checkpoint()  # a long table reports each row as it is measured
 
   def _verdict(self, tracker: str, rows: Sequence[Cloaked]) -> tuple[float | None, float | None]:
     """A model's view of the written cloaks: mean L2 move of its unit features from

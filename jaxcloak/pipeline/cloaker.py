@@ -220,6 +220,16 @@ class Cloaker:
     return -sum(wi * np.linalg.norm(written[e.name] - orig[e.name], axis=1)
                 for wi, e in zip(w, self.extractors))
 
+  def cloak_items(self, items: Sequence[Item], targets: dict[int, dict[str, np.ndarray]]) -> None:
+    """The cloak step every command shares: optimise every face of the items,
+    write each item back (budget enforced on the file), then the config's
+    refine rounds."""
+    self.optimise([f for it in items for f in it.faces], targets)
+    for it in items:
+      self.write_back(it)
+    for _ in range(self.config.refine_rounds):
+      self.refine(items, targets)
+
   def refine(self, items: Sequence[Item], targets: dict[int, dict[str, np.ndarray]]) -> None:
     """One more optimisation round per cloaked face, started from its written pixels.
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxcloak import targets as targets_lib
 from jaxcloak.faces import io as photo_io
-from jaxcloak.files import atomic_write
+from jaxcloak.files import atomic_write, permission_bits
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, Cloaker, Item
 
@@ -151,6 +151,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         part = user_photos[start:start + chunk]
         t0 = time.time()
         items = [Item(rel, src.read_bytes(), user) for src, rel, _ in part]
+        sources = {rel: permission_bits(src.stat().st_mode) for src, rel, _ in part}
         for it in items:
           cloaker.decode(it)
         cloaker.detect(items)
@@ -175,11 +176,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         if targeted and target is None:
           for f in faces:
             f.status = "no_target"
-        cloaker.optimise(faces, tfeats)
-        for it in items:
-          cloaker.write_back(it)
-        for _ in range(config.refine_rounds):
-          cloaker.refine(items, tfeats)
+        cloaker.cloak_items(items, tfeats)
         # Feature shift measured on the written, re-decoded files.
         done = [(it, f) for it in items if it.status == "cloaked" for f in it.faces
                 if f.status == "cloaked"]
@@ -197,7 +194,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
           else:
             data = it.output
             out_name = photo_io.output_name(out_name, it.output_format)
-          atomic_write(out_dir / out_name, data)
+          atomic_write(out_dir / out_name, data, sources[it.name])
           faces_rec = []
           for f in it.faces:
             i = per_face.get(id(f))

@@ -40,8 +40,9 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from jaxcloak import compile_cache, flags
 from jaxcloak.faces import io as photo_io
-from jaxcloak.files import atomic_file, atomic_write
+from jaxcloak.files import atomic_file, atomic_write, permission_bits
 from jaxcloak.pipeline.manifest import Manifest, State, sha256_bytes, sha256_file
 
 META_DIR = ".jaxcloak"
@@ -84,6 +85,7 @@ class Entry:
   status: str | None = None  # decided without reading (unsafe_path, symlink_loop, ...)
   message: str = ""
   notes: list = dataclasses.field(default_factory=list)
+  mode: int | None = None  # the source's permission bits, given to its output
 
 
 def safe_member_name(name: str) -> tuple[str | None, str]:
@@ -127,7 +129,8 @@ def walk_dir(root: Path, *, exclude: Sequence[Path] = ()) -> Iterator[Entry]:
         if path.resolve() not in exclude:
           yield from rec(path, rel + "/")
       elif stat.S_ISREG(st.st_mode):
-        yield Entry(rel, st.st_size, open=lambda p=path: open(p, "rb"))
+        yield Entry(rel, st.st_size, open=lambda p=path: open(p, "rb"),
+                    mode=permission_bits(st.st_mode))
       else:
         yield Entry(rel, None, status="not_a_regular_file",
                     message=f"{rel}: not a regular file (device, pipe or socket); skipped")
@@ -153,8 +156,10 @@ def _symlink_entry(path: Path, rel: str, real_root: Path) -> Entry:
     return Entry(rel, None, status="symlink_dir",
                  message=f"{rel}: symlink to a folder inside SRC; not followed (that folder "
                          "is migrated where it lives)")
-  return Entry(rel, target.stat().st_size, open=lambda: open(target, "rb"),
-               notes=[f"symlink to {target.relative_to(real_root).as_posix()}"])
+  st = target.stat()
+  return Entry(rel, st.st_size, open=lambda: open(target, "rb"),
+               notes=[f"symlink to {target.relative_to(real_root).as_posix()}"],
+               mode=permission_bits(st.st_mode))
 
 
 def walk_zip(path: Path) -> Iterator[Entry]:
@@ -179,7 +184,9 @@ def walk_zip(path: Path) -> Iterator[Entry]:
                     message=f"{rel}: a second member with the same name; only the first is migrated")
       else:
         seen.add(rel)
-        yield Entry(rel, info.file_size, open=lambda i=info: zf.open(i))
+        # Zips made on Windows carry no Unix mode: those outputs get a new file's.
+        yield Entry(rel, info.file_size, open=lambda i=info: zf.open(i),
+                    mode=permission_bits(mode))
 
 
 def walk_tar(path: Path) -> Iterator[Entry]:
@@ -206,7 +213,7 @@ def walk_tar(path: Path) -> Iterator[Entry]:
                     message=f"{rel}: a second member with the same name; only the first is migrated")
       else:
         seen.add(rel)
-        yield Entry(rel, m.size, open=lambda m=m: tf.extractfile(m))
+        yield Entry(rel, m.size, open=lambda m=m: tf.extractfile(m), mode=permission_bits(m.mode))
 
 
 def walk(src: Path, *, exclude: Sequence[Path] = ()) -> Iterator[Entry]:
@@ -246,6 +253,7 @@ class Task:
   notes: list = dataclasses.field(default_factory=list)
   item: object = None  # cloaker.Item, built in `prepare`
   seconds: float = 0.0
+  mode: int | None = None  # the source's permission bits (Entry.mode)
 
 
 def _heif_brand(data: bytes) -> bytes | None:
@@ -368,10 +376,7 @@ def cloak_stage(cloaker, tasks: Sequence[Task], *, targets: dict[str, str | None
             face_targets[id(f)] = tgt.features
           elif f.status == "pending":
             f.status = "no_target"
-  faces = [f for t in live for f in t.item.faces]
-  cloaker.optimise(faces, face_targets)
-  for t in live:
-    cloaker.write_back(t.item)
+  cloaker.cloak_items([t.item for t in live], face_targets)
   share = (time.perf_counter() - t0) / max(1, len(live))
   for t in live:
     t.seconds += share
@@ -394,7 +399,7 @@ def result_of(task: Task, *, target: str | None = None) -> tuple[dict, bytes]:
       "dssim": round(max(dssims), 6) if dssims else None,
       "dssim_mean": round(float(np.mean(dssims)), 6) if dssims else None,
       "target": target if status == "cloaked" else None,
-      "notes": notes, "seconds": round(task.seconds, 3)}
+      "notes": notes, "seconds": round(task.seconds, 3), "mode": task.mode}
   data = it.output if (status == "cloaked" and it.output is not None) else task.data
   return rec, data
 
@@ -405,7 +410,7 @@ def error_results(tasks: Sequence[Task], err: BaseException) -> list[tuple[dict,
   return [({"input": t.rel, "user": t.user, "size": t.size, "sha256": t.sha256,
             "status": "error", "message": f"{t.rel}: processing failed ({msg}); copied "
             "unchanged, retried on the next run", "faces": 0, "notes": t.notes,
-            "seconds": 0.0}, t.data) for t in tasks]
+            "seconds": 0.0, "mode": t.mode}, t.data) for t in tasks]
 
 
 def process_chunk(cloaker, tasks: Sequence[Task], *, targets: dict, pool=None,
@@ -547,9 +552,10 @@ class Job:
 
   def record(self, rec: dict, data: bytes | None) -> None:
     """Writes the output (atomic rename), then its manifest record (fsync)."""
+    mode = rec.pop("mode", None)  # the output's, not the manifest's
     if data is not None:
       try:
-        atomic_write(self.dst / rec["input"], data)
+        atomic_write(self.dst / rec["input"], data, mode)
       except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
           raise  # the disk, not the photo: stop; a rerun resumes here
@@ -576,6 +582,7 @@ class Job:
         self.duplicate(dup, rec)
 
   def _append(self, rec: dict) -> None:
+    rec.pop("mode", None)  # an output's permission bits are on the file, not in the manifest
     self.manifest.append(rec)
     self.done[rec["input"]] = rec
     self.counts[rec["status"]] += 1
@@ -602,7 +609,8 @@ class Job:
            "message": f"{task.rel}: same bytes as {original['input']}; its output was reused",
            "faces": original.get("faces", 0), "face_status": original.get("face_status", {}),
            "dssim": original.get("dssim"), "dssim_mean": original.get("dssim_mean"),
-           "target": original.get("target"), "notes": task.notes, "seconds": 0.0}
+           "target": original.get("target"), "notes": task.notes, "seconds": 0.0,
+           "mode": task.mode}
     self.record(rec, data)
 
   def compute_later(self, task: Task) -> None:
@@ -640,7 +648,8 @@ class Job:
                       "status": "unreadable", "message": f"{entry.rel}: cannot be read ({msg})",
                       "faces": 0, "notes": entry.notes, "output": None})
         continue
-      task = Task(entry.rel, user, len(data), sha256_bytes(data), data, list(entry.notes))
+      task = Task(entry.rel, user, len(data), sha256_bytes(data), data, list(entry.notes),
+                  mode=entry.mode)
       if task.sha256 in self.by_sha:
         self.duplicate(task, self.by_sha[task.sha256])
       elif task.sha256 in self.inflight:
@@ -662,7 +671,7 @@ class Job:
     h = hashlib.sha256()
     size = 0
     try:
-      with entry.open() as f, atomic_file(out) as g:
+      with entry.open() as f, atomic_file(out, entry.mode) as g:
         while block := f.read(1 << 20):
           h.update(block)
           g.write(block)
@@ -805,32 +814,16 @@ def _pool(cloaker, pool_dir, log):
 
 # -- command line ------------------------------------------------------------------
 
-_CONFIG_FLAGS = ("mode", "budget", "steps", "learning_rate", "target_choice", "target_top_k",
-                 "batch_size", "min_face", "max_region", "seed")
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
   """Adds the `migrate` subcommand."""
-  from jaxcloak.config import PRESETS
   p = subparsers.add_parser(
       "migrate", help="cloak a whole archive (folder, .zip or .tar) into DST, resumably",
       description=__doc__.split("\n\n")[0])
   p.add_argument("src", type=Path, help="folder, .zip or .tar(.gz) archive (only read)")
   p.add_argument("dst", type=Path, help="output folder (same layout; manifest in DST/.jaxcloak)")
-  p.add_argument("--preset", default="mid", choices=sorted(PRESETS))
-  p.add_argument("--mode", choices=["targeted", "untargeted"])
   p.add_argument("--pool", type=Path, help="target pool: folder of identity subfolders")
   p.add_argument("--user", help="one user id for all photos (default: top-level folder)")
-  p.add_argument("--extractors", help="comma list, e.g. dlib,facenet (default dlib)")
-  p.add_argument("--budget", type=float)
-  p.add_argument("--steps", type=int)
-  p.add_argument("--learning-rate", type=float)
-  p.add_argument("--target-choice", choices=["max", "average", "random"])
-  p.add_argument("--target-top-k", type=int)
-  p.add_argument("--batch-size", type=int, help="faces per compiled batch (size it for the device)")
-  p.add_argument("--min-face", type=int)
-  p.add_argument("--max-region", type=int)
-  p.add_argument("--seed", type=int)
+  flags.add_cloak_flags(p)
   p.add_argument("--strip-metadata", action="store_true")
   p.add_argument("--chunk", type=int, default=Options.chunk, help="photos per chunk")
   p.add_argument("--chunk-mb", type=int, default=Options.chunk_bytes >> 20)
@@ -842,7 +835,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--detect-side", type=int, help="detector long-side cap (default 640; "
                  "larger photos are shrunk to it for detection)")
   p.add_argument("--weights-dir")
-  p.add_argument("--compile-cache", help="persistent JAX compilation cache folder")
+  compile_cache.add_flag(p)
   p.add_argument("--ray", metavar="ADDRESS",
                  help="run on a Ray cluster ('auto' = the cluster this node belongs to)")
   p.add_argument("--ray-cloak-actors", type=int, help="cloak actors (default: one per GPU, "
@@ -853,14 +846,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  "when stderr is not a terminal")
   p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
   return p
-
-
-def config_from_args(args):
-  from jaxcloak.config import preset
-  overrides = {f: getattr(args, f) for f in _CONFIG_FLAGS if getattr(args, f, None) is not None}
-  if getattr(args, "extractors", None):
-    overrides["extractors"] = tuple(args.extractors.split(","))
-  return preset(args.preset, **overrides)
 
 
 def options_from_args(args) -> Options:
@@ -874,11 +859,11 @@ def run(args) -> int:
   if args.mode is None and args.pool is None:
     args.mode = "untargeted"
     print("no --pool given: using the untargeted objective", file=sys.stderr)
-  if args.compile_cache:
-    import jax
-    jax.config.update("jax_compilation_cache_dir", str(args.compile_cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  config = config_from_args(args)
+  try:
+    config = flags.config_from_flags(args)
+  except (ValueError, KeyError) as e:
+    print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    return 2
   options = options_from_args(args)
   log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
 
@@ -894,7 +879,8 @@ def run(args) -> int:
           args.src, args.dst, config, options=options, address=args.ray,
           cloak_actors=args.ray_cloak_actors, weights_dir=args.weights_dir,
           strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, pool_dir=args.pool,
-          compile_cache=args.compile_cache, progress=False if args.quiet else None, log=log,
+          compile_cache=args.compile_cache and str(args.compile_cache),
+          progress=False if args.quiet else None, log=log,
           log_every=args.log_every, kill_actor_after=args.ray_fault_drill)
     else:
       summary = migrate(args.src, args.dst, config, options=options, make_cloaker=make_cloaker,
@@ -908,9 +894,8 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="jaxcloak")
-  add_parser(parser.add_subparsers(dest="command", required=True))
-  return run(parser.parse_args(argv))
+  from jaxcloak.cli import main as cli_main  # the same parser and setup as `jaxcloak migrate`
+  return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -32,11 +32,9 @@ MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
 
 
-def _setup_jax(compile_cache: str | None) -> None:
-  if compile_cache:
-    import jax
-    jax.config.update("jax_compilation_cache_dir", compile_cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+def _setup_jax(folder: str | None) -> None:
+  from jaxcloak import compile_cache
+  compile_cache.enable(folder and Path(folder))
 
 
 def _make_cloaker(config, cloaker_kwargs: dict, detect_side: int | None):

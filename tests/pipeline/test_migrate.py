@@ -277,8 +277,8 @@ class _FailingCloaker:
   def __getattr__(self, name):
     return getattr(self._c, name)
 
-  def optimise(self, faces, *a, **k):
-    if faces:
+  def cloak_items(self, items, *a, **k):
+    if any(it.faces for it in items):
       raise RuntimeError("simulated engine failure")
 
 
@@ -340,3 +340,33 @@ def test_member_path_conflict_is_reported(tmp_path, cloaker):
   assert recs["a"]["status"] == "not_an_image"
   assert recs["a/b.txt"]["status"] == "write_failed" and recs["a/b.txt"]["output"] is None
   assert s["inputs"] == 2
+
+
+def test_outputs_keep_their_inputs_permission_bits(tmp_path, faces_dir, cloaker):
+  """A cloaked photo is as readable as its original (not mkstemp's 0600); copied files
+  too; the manifest gets a new file's usual mode. Folder and tar inputs alike."""
+  from jaxcloak.files import new_file_mode
+  face = corpus.jpeg(corpus.face_image(faces_dir), quality=90)
+  src = tmp_path / "src"
+  other = corpus.jpeg(corpus.face_image(faces_dir), quality=85)
+  for rel, data, mode in [("u/shared.jpg", face, 0o644), ("u/private.jpg", other, 0o600),
+                          ("u/group.txt", b"notes", 0o640)]:
+    corpus.write(src, rel, data).chmod(mode)
+  mig.migrate(src, tmp_path / "dst", CONFIG, options=OPTIONS, make_cloaker=lambda: cloaker,
+              progress=False, log=lambda m: None)
+  mode = lambda p: p.stat().st_mode & 0o777
+  recs = records(tmp_path / "dst")
+  assert recs["u/shared.jpg"]["status"] == "cloaked" and "mode" not in recs["u/shared.jpg"]
+  assert mode(tmp_path / "dst/u/shared.jpg") == 0o644
+  assert mode(tmp_path / "dst/u/private.jpg") == 0o600
+  assert mode(tmp_path / "dst/u/group.txt") == 0o640
+  manifests = [p for p in (tmp_path / "dst" / mig.META_DIR).rglob("*") if p.is_file()]
+  assert manifests and all(mode(p) == new_file_mode() for p in manifests)
+  with tarfile.open(tmp_path / "in.tar", "w") as tf:
+    info = tarfile.TarInfo("v/face.jpg")
+    info.size, info.mode = len(face), 0o664
+    tf.addfile(info, io.BytesIO(face))
+  mig.migrate(tmp_path / "in.tar", tmp_path / "dst2", CONFIG, options=OPTIONS,
+              make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+  assert records(tmp_path / "dst2")["v/face.jpg"]["status"] == "cloaked"
+  assert mode(tmp_path / "dst2/v/face.jpg") == 0o664

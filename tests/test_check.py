@@ -1,0 +1,96 @@
+"""`jaxcloak check`: pairing, per-model verdicts with real models on real photos, errors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxcloak import SAMPLES_DIR, check
+from jaxcloak.cli import main
+
+from tests.conftest import ensure_weights
+
+
+def _image(path, value=128):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.full((40, 40, 3), value, np.uint8)).save(path)
+
+
+def test_pairs_by_path_then_by_name_without_suffix(tmp_path):
+  for rel in ("a/1.jpg", "a/2.jpg", "b/3.jpg"):
+    _image(tmp_path / "o" / rel)
+  _image(tmp_path / "c/a/1.jpg")
+  _image(tmp_path / "c/b/3.png")  # written in another format
+  _image(tmp_path / "c/extra.jpg")
+  _image(tmp_path / "c/.jaxcloak/sheet.png")  # tool folders are not photos
+  pairs = {p.rel: (p.original is not None, p.cloaked is not None)
+           for p in check.pair_photos(tmp_path / "o", tmp_path / "c")}
+  assert pairs == {"a/1.jpg": (True, True), "a/2.jpg": (True, False), "b/3.jpg": (True, True),
+                   "extra.jpg": (False, True)}
+
+
+def test_folders_without_a_common_photo_are_an_error(tmp_path):
+  _image(tmp_path / "o/x.jpg")
+  _image(tmp_path / "c/y.jpg")
+  with pytest.raises(check.CheckError, match="no photo of CLOAKED"):
+    check.pair_photos(tmp_path / "o", tmp_path / "c")
+  with pytest.raises(check.CheckError, match="is not a folder"):
+    check.pair_photos(tmp_path / "nope", tmp_path / "c")
+
+
+def test_summary_separates_models_the_cloak_was_made_on():
+  face = lambda a, b: {"photo": "p", "status": "checked", "dssim": 0.01, "models": {
+      "dlib": {"fooled": a}, "sface": {"fooled": b}}}
+  s = check.summarize([face(True, False), face(True, True), {"photo": "q", "status": "no_face"}],
+                      ("dlib", "sface"), ("dlib",))
+  assert s["models"]["dlib"] == {"faces": 2, "fooled": 2, "fooled_share": 1.0, "optimised_on": True}
+  assert s["models"]["sface"]["fooled_share"] == 0.5 and not s["models"]["sface"]["optimised_on"]
+  assert s["faces_fooling_every_other_model"] == 1 and s["statuses"] == {"checked": 2, "no_face": 1}
+  assert "| sface | no | 1/2 | 0.50 |" in check.table(s)
+
+
+def test_check_real_photos_with_real_models(tmp_path):
+  """Sample photos against an exact copy and a PNG re-encode paired by name (no model
+  fooled, DSSIM ~0), and a photo missing on the cloaked side."""
+  for name in ("dlib", "mobileface", "yunet"):
+    ensure_weights(name)
+  orig, cloaked = tmp_path / "orig", tmp_path / "cloaked"
+  orig.mkdir()
+  cloaked.mkdir()
+  for n in ("astronaut.jpg", "obama.jpg", "biden.jpg"):
+    shutil.copy(SAMPLES_DIR / n, orig / n)
+  shutil.copy(SAMPLES_DIR / "astronaut.jpg", cloaked / "astronaut.jpg")
+  Image.open(SAMPLES_DIR / "obama.jpg").save(cloaked / "obama.png")
+  (cloaked / "report.jsonl").write_text(json.dumps(
+      {"faces": [{"features": {"dlib": {}}}]}) + "\n")
+  rc = main(["check", str(orig), str(cloaked), "--extractors", "dlib,mobileface", "--quiet"])
+  assert rc == 0
+  recs = [json.loads(l) for l in (cloaked / "check" / "check.jsonl").read_text().splitlines()]
+  by = {}
+  for r in recs:
+    by.setdefault(r["photo"], []).append(r)
+  assert [r["status"] for r in by["biden.jpg"]] == ["missing_cloaked"]
+  for name in ("astronaut.jpg", "obama.jpg"):
+    face = next(r for r in by[name] if r["status"] == "checked")
+    assert face["dssim"] < 0.001
+    assert set(face["models"]) == {"dlib", "mobileface"}
+    assert not any(v["fooled"] for v in face["models"].values())
+    assert face["models"]["dlib"]["optimised_on"] and not face["models"]["mobileface"]["optimised_on"]
+  assert (cloaked / "check" / "sheet-001.png").exists()
+  assert "| mobileface | no | 0/" in (cloaked / "check" / "check.md").read_text()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["{tmp}/nope", "{tmp}/c"], "ORIGINALS"),
+    (["{tmp}/o", "{tmp}/c", "--extractors", "dlib,arcface"], "unknown extractors: arcface"),
+    (["{tmp}/o", "{tmp}/x"], "no photo of CLOAKED"),
+])
+def test_check_mistakes_are_one_error_line(tmp_path, capsys, args, says):
+  _image(tmp_path / "o/a.jpg")
+  _image(tmp_path / "c/a.jpg")
+  _image(tmp_path / "x/b.jpg")
+  rc = main(["check", *[a.format(tmp=tmp_path) for a in args], "--quiet"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and says in err[0]
