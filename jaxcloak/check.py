@@ -77,6 +77,17 @@ def pair_photos(originals: Path, cloaked: Path, *, exclude: Sequence[Path] = ())
   return pairs
 
 
+def pair_outputs(photos: Sequence[tuple[Path, str, str]], out_dir: Path) -> list[Pair]:
+  """`cloak`'s inputs (collect_photos) and where it wrote each of them in out_dir."""
+  pairs = []
+  for src, rel, _ in photos:
+    out = Path(out_dir) / rel
+    if not out.exists():  # written in another format
+      out = next(iter(sorted(out.parent.glob(out.stem + ".*"))), None)
+    pairs.append(Pair(rel, src, out))
+  return pairs
+
+
 def optimised_on(cloaked: Path) -> tuple[str, ...]:
   """The models a jaxcloak cloak was optimised on, from CLOAKED/report.jsonl (or ())."""
   report = Path(cloaked) / "report.jsonl"

@@ -117,6 +117,13 @@ def _cloak(args) -> int:
   summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
                          progress=not args.quiet and sys.stderr.isatty())
   summary["config"] = dataclasses.asdict(config)
+  if args.check:
+    from jaxcloak import check
+    result = check.check_pairs(check.pair_outputs(photos, out), out / "check",
+                               cloaked_with=config.extractors, weights_dir=args.weights_dir)
+    summary["check"] = {k: result[k] for k in ("models", "statuses", "sheets", "out")}
+    if not args.quiet:
+      print(check.table(result), file=sys.stderr)
   print(json.dumps(summary))
   return 0
 
@@ -201,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--user", help="user id for all photos (default: each photo's folder)")
   flags.add_cloak_flags(c)
   c.add_argument("--strip-metadata", action="store_true", help="drop EXIF and ICC")
+  c.add_argument("--check", action="store_true",
+                 help="afterwards, judge every output with every ported recognizer (as `jaxcloak "
+                      "check`; report and contact sheets in OUT/check)")
   c.add_argument("--report", help="JSONL report path (default OUT/report.jsonl)")
   c.add_argument("--weights-dir")
   compile_cache.add_flag(c)

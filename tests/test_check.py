@@ -94,3 +94,27 @@ def test_check_mistakes_are_one_error_line(tmp_path, capsys, args, says):
   rc = main(["check", *[a.format(tmp=tmp_path) for a in args], "--quiet"])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and says in err[0]
+
+
+def test_cloak_with_check_judges_its_outputs_and_keeps_permissions(tmp_path, capsys):
+  """`cloak --check` on real photos: every output judged by every ported model, the
+  cloak's own model marked; outputs as readable as their inputs (not 0600)."""
+  for name in ("dlib", "facenet", "sface", "faceres", "mobileface", "yunet"):
+    ensure_weights(name)
+  src = tmp_path / "in"
+  src.mkdir()
+  for n, mode in (("astronaut.jpg", 0o644), ("obama.jpg", 0o640)):
+    shutil.copy(SAMPLES_DIR / n, src / n)
+    (src / n).chmod(mode)
+  out = tmp_path / "out"
+  rc = main(["cloak", str(src), "-o", str(out), "--preset", "low", "--steps", "2",
+             "--mode", "untargeted", "--check", "--quiet"])
+  assert rc == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  models = summary["check"]["models"]
+  assert set(models) == {"dlib", "facenet", "sface", "faceres", "mobileface"}
+  assert models["dlib"]["optimised_on"] and not models["sface"]["optimised_on"]
+  assert all(m["faces"] == 2 for m in models.values())
+  assert (out / "check" / "sheet-001.png").exists()
+  assert (out / "astronaut.jpg").stat().st_mode & 0o777 == 0o644
+  assert (out / "obama.jpg").stat().st_mode & 0o777 == 0o640

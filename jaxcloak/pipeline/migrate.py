@@ -825,6 +825,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--user", help="one user id for all photos (default: top-level folder)")
   flags.add_cloak_flags(p)
   p.add_argument("--strip-metadata", action="store_true")
+  p.add_argument("--check", action="store_true",
+                 help="afterwards, judge every output with every ported recognizer (as `jaxcloak "
+                      "check`; report and contact sheets in DST/.jaxcloak/check)")
   p.add_argument("--chunk", type=int, default=Options.chunk, help="photos per chunk")
   p.add_argument("--chunk-mb", type=int, default=Options.chunk_bytes >> 20)
   p.add_argument("--max-file-mb", type=int, default=Options.max_file_bytes >> 20,
@@ -889,8 +892,22 @@ def run(args) -> int:
   except MigrateError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  if args.check:
+    summary["check"] = _check(args, config, log)
   print(json.dumps(summary), flush=True)
   return 0
+
+
+def _check(args, config, log) -> dict:
+  """`--check`: every ported recognizer's verdict on DST's photos (folder SRC only)."""
+  from jaxcloak import check
+  if not Path(args.src).is_dir():
+    log("--check: SRC is an archive; run `jaxcloak check` on an extracted copy")
+    return {"skipped": "archive SRC"}
+  result = check.check(args.src, args.dst, Path(args.dst) / META_DIR / "check",
+                       cloaked_with=config.extractors, weights_dir=args.weights_dir)
+  log(check.table(result))
+  return {k: result[k] for k in ("models", "statuses", "sheets", "out")}
 
 
 def main(argv=None) -> int:
