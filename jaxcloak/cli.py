@@ -118,30 +118,32 @@ def _cloak(args) -> int:
                          progress=not args.quiet and sys.stderr.isatty())
   summary["config"] = dataclasses.asdict(config)
   if args.check:
-    from jaxcloak import check
-    result = check.check_pairs(check.pair_outputs(photos, out), out / "check",
+    from jaxcloak import protection
+    result = protection.check_pairs(protection.pair_outputs(photos, out), out / "check",
                                cloaked_with=config.extractors, weights_dir=args.weights_dir)
     summary["check"] = {k: result[k] for k in ("models", "statuses", "sheets", "out")}
     if not args.quiet:
-      print(check.table(result), file=sys.stderr)
+      print(protection.table(result), file=sys.stderr)
   print(json.dumps(summary))
   return 0
 
 
 def _check(args) -> int:
-  from jaxcloak import check, weights
-  extractors = tuple(x for x in args.extractors.split(",") if x) if args.extractors else None
+  from jaxcloak import protection, weights
+  kw = {}
+  if args.extractors:
+    kw["extractors"] = tuple(x for x in args.extractors.split(",") if x)
+  if args.cloaked_with:
+    kw["cloaked_with"] = tuple(x for x in args.cloaked_with.split(",") if x)
   try:
-    summary = check.check(args.originals, args.cloaked, args.output, weights_dir=args.weights_dir,
-                          **({"extractors": extractors} if extractors else {}),
-                          **({"cloaked_with": tuple(args.cloaked_with.split(","))}
-                             if args.cloaked_with else {}))
-  except (check.CheckError, weights.WeightsError, KeyError) as e:
+    summary = protection.check(args.originals, args.cloaked, args.output,
+                               weights_dir=args.weights_dir, **kw)
+  except (protection.CheckError, weights.WeightsError, KeyError) as e:
     return _person_error(e)
   except OSError as e:
     return _person_error(OSError(f"{e.filename or 'output'}: {e.strerror}"))
   if not args.quiet:
-    print(check.table(summary), file=sys.stderr)
+    print(protection.table(summary), file=sys.stderr)
     print(f"contact sheets: {', '.join(summary['sheets'])}", file=sys.stderr)
   print(json.dumps(summary))
   return 0

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcloak import SAMPLES_DIR, check
+from jaxcloak import SAMPLES_DIR, protection
 from jaxcloak.cli import main
 
 from tests.conftest import ensure_weights
@@ -26,7 +26,7 @@ def test_pairs_by_path_then_by_name_without_suffix(tmp_path):
   _image(tmp_path / "c/extra.jpg")
   _image(tmp_path / "c/.jaxcloak/sheet.png")  # tool folders are not photos
   pairs = {p.rel: (p.original is not None, p.cloaked is not None)
-           for p in check.pair_photos(tmp_path / "o", tmp_path / "c")}
+           for p in protection.pair_photos(tmp_path / "o", tmp_path / "c")}
   assert pairs == {"a/1.jpg": (True, True), "a/2.jpg": (True, False), "b/3.jpg": (True, True),
                    "extra.jpg": (False, True)}
 
@@ -34,21 +34,21 @@ def test_pairs_by_path_then_by_name_without_suffix(tmp_path):
 def test_folders_without_a_common_photo_are_an_error(tmp_path):
   _image(tmp_path / "o/x.jpg")
   _image(tmp_path / "c/y.jpg")
-  with pytest.raises(check.CheckError, match="no photo of CLOAKED"):
-    check.pair_photos(tmp_path / "o", tmp_path / "c")
-  with pytest.raises(check.CheckError, match="is not a folder"):
-    check.pair_photos(tmp_path / "nope", tmp_path / "c")
+  with pytest.raises(protection.CheckError, match="no photo of CLOAKED"):
+    protection.pair_photos(tmp_path / "o", tmp_path / "c")
+  with pytest.raises(protection.CheckError, match="is not a folder"):
+    protection.pair_photos(tmp_path / "nope", tmp_path / "c")
 
 
 def test_summary_separates_models_the_cloak_was_made_on():
   face = lambda a, b: {"photo": "p", "status": "checked", "dssim": 0.01, "models": {
       "dlib": {"fooled": a}, "sface": {"fooled": b}}}
-  s = check.summarize([face(True, False), face(True, True), {"photo": "q", "status": "no_face"}],
+  s = protection.summarize([face(True, False), face(True, True), {"photo": "q", "status": "no_face"}],
                       ("dlib", "sface"), ("dlib",))
   assert s["models"]["dlib"] == {"faces": 2, "fooled": 2, "fooled_share": 1.0, "optimised_on": True}
   assert s["models"]["sface"]["fooled_share"] == 0.5 and not s["models"]["sface"]["optimised_on"]
   assert s["faces_fooling_every_other_model"] == 1 and s["statuses"] == {"checked": 2, "no_face": 1}
-  assert "| sface | no | 1/2 | 0.50 |" in check.table(s)
+  assert "| sface | no | 1/2 | 0.50 |" in protection.table(s)
 
 
 def test_check_real_photos_with_real_models(tmp_path):
@@ -80,6 +80,10 @@ def test_check_real_photos_with_real_models(tmp_path):
     assert face["models"]["dlib"]["optimised_on"] and not face["models"]["mobileface"]["optimised_on"]
   assert (cloaked / "check" / "sheet-001.png").exists()
   assert "| mobileface | no | 0/" in (cloaked / "check" / "check.md").read_text()
+  import jaxcloak  # the same through the top-level API
+  api = jaxcloak.check(orig, cloaked, tmp_path / "api", extractors=("dlib",))
+  assert api["models"]["dlib"] == {"faces": 2, "fooled": 0, "fooled_share": 0.0,
+                                   "optimised_on": True}
 
 
 @pytest.mark.parametrize("args, says", [
@@ -118,3 +122,15 @@ def test_cloak_with_check_judges_its_outputs_and_keeps_permissions(tmp_path, cap
   assert (out / "check" / "sheet-001.png").exists()
   assert (out / "astronaut.jpg").stat().st_mode & 0o777 == 0o644
   assert (out / "obama.jpg").stat().st_mode & 0o777 == 0o640
+
+
+def test_top_level_api_is_light_and_complete():
+  import subprocess
+  import sys
+  code = ("import sys, jaxcloak; print('jax' in sys.modules, callable(jaxcloak.cloak), "
+          "callable(jaxcloak.check), callable(jaxcloak.migrate), jaxcloak.preset('low').budget, "
+          "sorted(jaxcloak.PRESETS))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       check=True).stdout.split(maxsplit=5)
+  assert out[:5] == ["False", "True", "True", "True", "0.004"]
+  from jaxcloak.pipeline.cloaker import Cloaker  # deep paths keep working  # noqa: F401

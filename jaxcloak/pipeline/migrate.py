@@ -900,13 +900,13 @@ def run(args) -> int:
 
 def _check(args, config, log) -> dict:
   """`--check`: every ported recognizer's verdict on DST's photos (folder SRC only)."""
-  from jaxcloak import check
+  from jaxcloak import protection
   if not Path(args.src).is_dir():
     log("--check: SRC is an archive; run `jaxcloak check` on an extracted copy")
     return {"skipped": "archive SRC"}
-  result = check.check(args.src, args.dst, Path(args.dst) / META_DIR / "check",
+  result = protection.check(args.src, args.dst, Path(args.dst) / META_DIR / "check",
                        cloaked_with=config.extractors, weights_dir=args.weights_dir)
-  log(check.table(result))
+  log(protection.table(result))
   return {k: result[k] for k in ("models", "statuses", "sheets", "out")}
 
 

@@ -1,4 +1,4 @@
-"""`jaxcloak check ORIGINALS CLOAKED`: do recognizers still match the cloaked faces?
+"""Do recognizers still match cloaked faces? (`jaxcloak check ORIGINALS CLOAKED`)
 
 For every photo pair (same relative path, or same name with another suffix),
 each side is detected on its own, as a tracker would, faces are paired by
