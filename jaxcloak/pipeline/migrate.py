@@ -843,8 +843,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="run on a Ray cluster ('auto' = the cluster this node belongs to)")
   p.add_argument("--ray-cloak-actors", type=int, help="cloak actors (default: one per GPU, "
                  "or 2 on a CPU-only cluster)")
-  p.add_argument("--ray-fault-drill", type=int, metavar="N", help="testing: kill one busy "
-                 "cloak actor after N chunks (it must restart and its chunk be retried)")
   p.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines "
                  "when stderr is not a terminal")
   p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
@@ -884,7 +882,7 @@ def run(args) -> int:
           strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, pool_dir=args.pool,
           compile_cache=args.compile_cache and str(args.compile_cache),
           progress=False if args.quiet else None, log=log,
-          log_every=args.log_every, kill_actor_after=args.ray_fault_drill)
+          log_every=args.log_every)
     else:
       summary = migrate(args.src, args.dst, config, options=options, make_cloaker=make_cloaker,
                         pool_dir=args.pool, progress=False if args.quiet else None, log=log,

@@ -92,9 +92,9 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
                               "__pycache__", "benchmarks"]}
   cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
          "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "examples/ray_migrate.py", str(src), str(dst),
-         "--weights-dir", str(ROOT / "weights"), "--compile-cache", str(jax_cache), "--ray-cloak-actors", "1",
-         "--log-every", "5", "--ray-fault-drill", "1", *FLAGS]
+         sys.executable, "tests/pipeline/ray_drill_job.py", "1", str(src), str(dst),
+         "--weights-dir", str(ROOT / "weights"), "--compile-cache", str(jax_cache),
+         "--ray-cloak-actors", "1", "--log-every", "5", *FLAGS]
   no_token = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_AUTH")}
   denied = subprocess.run([RAY, "job", "list", "--address", cluster["dashboard"]],
                           env={**no_token, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
