@@ -101,7 +101,11 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
                           text=True, timeout=60)
   assert denied.returncode != 0  # the job server wants the cluster's token
   t0 = time.time()
-  out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=400)
+  try:
+    out = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=400)
+  except subprocess.TimeoutExpired as e:
+    raise AssertionError(f"ray job timed out; its output: {(e.stdout or b'')[-3000:]!r} "
+                         f"{(e.stderr or b'')[-3000:]!r}") from None
   logs = out.stdout + out.stderr
   assert out.returncode == 0, logs[-4000:]
   summary = json.loads([l for l in logs.splitlines() if l.startswith('{"src"')][-1])
