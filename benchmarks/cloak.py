@@ -161,6 +161,7 @@ def run_one(preset_name, names, extractors, regions, targets, b, n_faces, peak, 
     cpu += time.process_time() - c
     steps.append(int(np.max(np.asarray(res.steps))))
   rec = dict(bench="cloak", preset=preset_name, extractors="+".join(names), batch=b,
+             steps=config.steps, views=config.views, local_budget=config.local_budget,
              jpeg_aware=jpeg_quality,
              bucket=bucket, faces=n_faces, compile_s=compile_s,
              seconds_per_face=seconds / n_faces, faces_per_s=n_faces / seconds,
@@ -270,7 +271,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--presets", default="low,mid,high")
   parser.add_argument("--extractors", default="dlib,facenet",
-                      help="comma-separated; combine models with '+'")
+                      help="comma-separated; combine models with '+'; 'preset': each preset's "
+                           "own default ensemble (and views, caps)")
   parser.add_argument("--batches", default="1,8,32")
   parser.add_argument("--faces", type=int, default=0,
                       help="faces timed per setting (default: one batch)")
@@ -292,8 +294,12 @@ def main() -> None:
   peak = matmul_peak()
   emit(bench="cloak", kind="matmul_peak", gflops_per_s=peak / 1e9, **machine())
   photos = load_faces(max(args.photos, max(batches)))
-  for combo in args.extractors.split(","):
-    names = combo.split("+")
+  presets = args.presets.split(",")
+  if args.extractors == "preset":  # each preset with its own default ensemble
+    runs = [(p.extractors, [name]) for name, p in ((n, preset(n)) for n in presets)]
+  else:
+    runs = [(tuple(combo.split("+")), presets) for combo in args.extractors.split(",")]
+  for names, run_presets in runs:
     extractors = [models.load(n) for n in names]
     regions, bucket = face_regions(photos, extractors)
     feats = region_features(extractors)(
@@ -302,7 +308,7 @@ def main() -> None:
     # Each face's target: the next face's features (another photo, usually
     # another identity), as a stand-in for a chosen pool centroid.
     targets = [np.roll(np.asarray(f), -1, axis=0) for f in feats]
-    for preset_name in args.presets.split(","):
+    for preset_name in run_presets:
       for b in batches:
         for q in args.jpeg.split(","):
           run_one(preset_name, names, extractors, regions, targets, b, args.faces or b, peak,

@@ -31,7 +31,8 @@ from tests.pipeline import corpus
 
 CONFIG = CloakConfig(mode="untargeted", steps=2, batch_size=4, max_region=64)
 OPTIONS = mig.Options(detect_side=576, max_faces=8, chunk=8)
-CLI_FLAGS = ["--mode", "untargeted", "--steps", "2", "--batch-size", "4", "--max-region", "64",
+CLI_FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--steps", "2",
+             "--batch-size", "4", "--max-region", "64",
              "--detect-side", "576", "--max-faces", "8", "--max-pixels", str(corpus.MAX_PIXELS)]
 
 

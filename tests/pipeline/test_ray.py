@@ -29,7 +29,8 @@ from tests.pipeline import corpus
 
 pytest.importorskip("ray")
 RAY = str(Path(sys.executable).parent / "ray")
-FLAGS = ["--mode", "untargeted", "--steps", "2", "--batch-size", "4", "--max-region", "64",
+FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--steps", "2",
+         "--batch-size", "4", "--max-region", "64",
          "--detect-side", "576", "--max-faces", "8", "--max-pixels", str(corpus.MAX_PIXELS),
          "--chunk", "3"]
 
