@@ -52,7 +52,7 @@ class Item:
   message: str = ""
   output: bytes | None = None
   output_format: str = ""
-  seconds: float = 0.0
+  written_rgb: np.ndarray | None = None  # the written file, re-decoded (write_back sets it)
 
 
 def main_face(dets) -> int | None:
