@@ -91,6 +91,12 @@ class Manifest:
       self._file.close()
       self._file = None
 
+  def __enter__(self) -> "Manifest":
+    return self.open()
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
 
 class State:
   """The job's settings and per-user targets, rewritten atomically on change."""
