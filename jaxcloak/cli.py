@@ -11,10 +11,7 @@ from pathlib import Path
 
 from jaxcloak import SAMPLES_DIR, __version__, compile_cache, flags
 
-EXTRA_COMMANDS = {
-    "migrate": "jaxcloak.pipeline.migrate",
-    "eval": "jaxcloak.eval.cli",
-}
+EXTRA_COMMANDS = {"eval": "jaxcloak.eval.cli"}  # owns its (long) parser: add_parser + run
 
 
 def _weights_fetch(args) -> int:
@@ -173,6 +170,124 @@ def _embed(args) -> int:
   return 0
 
 
+def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
+  from jaxcloak.faces import io as photo_io
+  from jaxcloak.pipeline.job import Options
+  p = subparsers.add_parser(
+      "migrate", help="cloak a whole archive (folder, .zip or .tar) into DST, resumably",
+      description="Cloak a whole photo archive (folder, .zip or .tar) into DST, resumably, "
+      "losing nothing: every input gets one output and one manifest record.")
+  p.add_argument("src", type=Path, help="folder, .zip or .tar(.gz) archive (only read)")
+  p.add_argument("dst", type=Path, help="output folder (same layout; manifest in DST/.jaxcloak)")
+  p.add_argument("--pool", type=Path, help="target pool: folder of identity subfolders")
+  p.add_argument("--user", help="one user id for all photos (default: top-level folder)")
+  flags.add_cloak_flags(p)
+  p.add_argument("--strip-metadata", action="store_true")
+  p.add_argument("--check", action="store_true",
+                 help="afterwards, judge every output with every ported recognizer (as `jaxcloak "
+                      "check`; report and contact sheets in DST/.jaxcloak/check)")
+  p.add_argument("--chunk", type=int, default=Options.chunk, help="photos per chunk")
+  p.add_argument("--chunk-mb", type=int, default=Options.chunk_bytes >> 20)
+  p.add_argument("--max-file-mb", type=int, default=Options.max_file_bytes >> 20,
+                 help="larger files are copied unchanged without decoding")
+  p.add_argument("--max-pixels", type=int, default=photo_io.MAX_PIXELS,
+                 help="decompression-bomb guard")
+  p.add_argument("--max-faces", type=int, default=Options.max_faces)
+  p.add_argument("--detect-side", type=int, help="detector long-side cap (default 640; "
+                 "larger photos are shrunk to it for detection)")
+  p.add_argument("--weights-dir")
+  compile_cache.add_flag(p)
+  p.add_argument("--ray", metavar="ADDRESS",
+                 help="run on a Ray cluster ('auto' = the cluster this node belongs to)")
+  p.add_argument("--ray-cloak-actors", type=int, help="cloak actors (default: one per GPU, "
+                 "or 2 on a CPU-only cluster)")
+  p.add_argument("--log-every", type=float, default=30.0, help="seconds between log lines "
+                 "when stderr is not a terminal")
+  p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+  return p
+
+
+def _migrate_options(args):
+  from jaxcloak.pipeline.job import Options
+  return Options(user=args.user, chunk=args.chunk, chunk_bytes=args.chunk_mb << 20,
+                 max_file_bytes=args.max_file_mb << 20, max_faces=args.max_faces,
+                 detect_side=args.detect_side)
+
+
+def _migrate(args) -> int:
+  """Runs `jaxcloak migrate`; prints the summary as one JSON line."""
+  from jaxcloak import weights
+  from jaxcloak.pipeline import migrate as migrate_lib
+  from jaxcloak.pipeline.job import JOB_ERRORS
+  from jaxcloak.pipeline.outputs import DISK_ERRNOS
+  if args.mode is None and args.pool is None:
+    args.mode = "untargeted"
+    print("no --pool given: using the untargeted objective", file=sys.stderr)
+  try:
+    config = flags.config_from_flags(args)
+  except (ValueError, KeyError) as e:
+    print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+    return 2
+  options = _migrate_options(args)
+  log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+
+  def make_cloaker():
+    from jaxcloak.pipeline.cloaker import Cloaker
+    return Cloaker(config, weights_dir=args.weights_dir, strip_metadata=args.strip_metadata,
+                   max_pixels=args.max_pixels, detect_side=options.detect_side)
+
+  try:
+    if args.ray:
+      from jaxcloak.pipeline import ray_runner
+      summary = ray_runner.migrate(
+          args.src, args.dst, config, options=options, address=args.ray,
+          cloak_actors=args.ray_cloak_actors, weights_dir=args.weights_dir,
+          strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, pool_dir=args.pool,
+          compile_cache=args.compile_cache and str(args.compile_cache),
+          progress=False if args.quiet else None, log=log,
+          log_every=args.log_every)
+    else:
+      summary = migrate_lib.migrate(args.src, args.dst, config, options=options, make_cloaker=make_cloaker,
+                        pool_dir=args.pool, progress=False if args.quiet else None, log=log,
+                        log_every=args.log_every)
+  except (*JOB_ERRORS, weights.WeightsError) as e:
+    return _person_error(e)
+  except OSError as e:
+    if e.errno not in DISK_ERRNOS:
+      raise
+    done = _manifest_lines(Path(args.dst))
+    print(f"error: {args.dst}: {e.strerror} while writing outputs; {done} inputs are done and "
+          "recorded, nothing is lost: free space and rerun the same command to resume",
+          file=sys.stderr)
+    return 2
+  if args.check:
+    summary["check"] = _migrate_check(args, config, log)
+  print(json.dumps(summary), flush=True)
+  return 0
+
+
+def _migrate_check(args, config, log) -> dict:
+  """`--check`: every ported recognizer's verdict on DST's photos (folder SRC only)."""
+  from jaxcloak import protection
+  from jaxcloak.pipeline import migrate as migrate_lib
+  if not Path(args.src).is_dir():
+    log("--check: SRC is an archive; run `jaxcloak check` on an extracted copy")
+    return {"skipped": "archive SRC"}
+  result = protection.check(args.src, args.dst, Path(args.dst) / migrate_lib.META_DIR / "check",
+                       cloaked_with=config.extractors, weights_dir=args.weights_dir)
+  log(protection.table(result))
+  return {k: result[k] for k in ("models", "statuses", "sheets", "out")}
+
+
+def _manifest_lines(dst: Path) -> int:
+  from jaxcloak.pipeline import migrate as migrate_lib
+  try:
+    with open(dst / migrate_lib.META_DIR / "manifest.jsonl", "rb") as f:
+      return sum(1 for _ in f)
+  except OSError:
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxcloak", description=__doc__)
   p.add_argument("--version", action="version", version=__version__)
@@ -218,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
   compile_cache.add_flag(c)
   c.add_argument("--quiet", action="store_true")
 
+  _add_migrate_parser(sub)
   # Subcommands owned by their modules: each gives add_parser(sub) and run(args).
   for command, module in EXTRA_COMMANDS.items():
     importlib.import_module(module).add_parser(sub)
@@ -260,6 +376,8 @@ def main(argv=None) -> int:
     return _embed(args)
   if args.command == "check":
     return _check(args)
+  if args.command == "migrate":
+    return _migrate(args)
   if args.command in EXTRA_COMMANDS:
     return importlib.import_module(EXTRA_COMMANDS[args.command]).run(args)
   return 2

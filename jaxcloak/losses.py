@@ -44,12 +44,24 @@ def ssim(a: jax.Array, b: jax.Array, *, return_map: bool = False) -> jax.Array:
   return dm_pix.ssim(a, b, return_map=return_map, filter_fn=separable_gaussian)
 
 
+SSIM_WINDOW = 11  # dm_pix's default filter size
+
+
+def window_mask(mask: jax.Array) -> jax.Array:
+  """[b, h-10, w-10]: 1 for each SSIM window lying wholly inside the region.
+
+  The one masking rule: with it, a region's DSSIM is dm_pix's SSIM of the
+  region's own crop, whatever padding surrounds it, in the loop and on the
+  written file (`faces.regions.region_dssim`) alike.
+  """
+  k = SSIM_WINDOW
+  return -jax.lax.reduce_window(-mask, -jnp.inf, jax.lax.max, (1, k, k), (1, 1, 1), "VALID")
+
+
 def _masked_ssim_map(a, b, mask):
   """SSIM map [b, h-10, w-10] (mean over channels) and the region mask on its windows."""
   ssim_map = jnp.mean(ssim(a, b, return_map=True), axis=-1)  # 'valid' windows
-  crop = (a.shape[1] - ssim_map.shape[1]) // 2
-  m = mask[:, crop:crop + ssim_map.shape[1], crop:crop + ssim_map.shape[2]]
-  return ssim_map, m
+  return ssim_map, window_mask(mask)
 
 
 def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -58,8 +70,8 @@ def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Arra
   Args:
     a, b: [b, h, w, c] in [0, 1].
     mask: optional [b, h, w] (1 = pixel belongs to the region). SSIM is averaged
-      only over windows whose centre lies in the region, so padding a face
-      region to a bucket size does not dilute its DSSIM.
+      only over windows wholly inside the region (`window_mask`), so padding a
+      face region to a bucket size does not change its DSSIM.
   Returns:
     [b] DSSIM values.
   """

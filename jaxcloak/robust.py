@@ -45,7 +45,7 @@ from jaxcloak.faces import io as photo_io
 from jaxcloak.faces.align import align
 from jaxcloak.faces.detect import Detector
 from jaxcloak.files import atomic_write
-from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, main_face
+from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES
 
 # Folders are padded to multiples of this before the warp, so photos of many
 # sizes share a few compiles (zero padding reads as the warp's zero border).
@@ -141,7 +141,7 @@ def detect_landmarks(files: list[Path], detector: Detector, *, cache: Path | Non
       except photo_io.PhotoError as e:
         log(f"skipped {p}: {e}")
     for row, dets in zip(rows, detector(rgbs)):
-      k = main_face(dets)
+      k = dets.largest()
       if k is not None:
         landmarks[row], found[row] = dets.landmarks[k], True
     if start // 64 % 10 == 9:

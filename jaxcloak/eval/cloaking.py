@@ -21,7 +21,9 @@ from jaxcloak.config import CloakConfig
 from jaxcloak.eval.dataset import Sample, detect_samples
 from jaxcloak.eval.metrics import psnr
 from jaxcloak.faces import io as photo_io
-from jaxcloak.pipeline.cloaker import Cloaker, Face, Item
+from jaxcloak.pipeline import stages
+from jaxcloak.pipeline.cloaker import Cloaker
+from jaxcloak.pipeline.records import Face, Item
 
 
 _LABELLED = ("ensemble", "views", "view_kinds", "feature_dropout", "optimizer", "momentum",
@@ -113,27 +115,19 @@ class CloakRunner:
     t0 = time.time()
     items, photos, targets = [], [], {}
     for user, ps in groups.items():
-      user_items = []
-      for s in ps:
-        it = Item(s.key, s.data, user)
-        cloaker.decode(it)
-        # The eval already detected every photo; reuse those faces.
-        for b, sc, lm in zip(s.boxes, s.scores, s.all_landmarks):
-          it.faces.append(Face(list(map(float, b)), float(sc), np.asarray(lm, np.float32)))
-        user_items.append(it)
-      cloaker.make_regions(user_items)
-      live = [it for it in user_items if it.faces]
-      if config.mode == "targeted" and live:
-        feats = cloaker.identity_features(live)
-        targets[user] = targets_lib.choose_target(
-            feats, self.pool, extractors=config.extractors, weights=config.weights,
-            choice=config.target_choice, top_k=config.target_top_k, seed=config.seed,
-            exclude=(user,))
+      user_items = [Item(s.key, s.data, user) for s in ps]
+      live = {id(it) for it in stages.decode(cloaker, user_items)}
+      for it, s in zip(user_items, ps):
+        if id(it) in live:  # the eval already detected every photo; reuse those faces
+          it.faces = [Face(list(map(float, b)), float(sc), np.asarray(lm, np.float32))
+                      for b, sc, lm in zip(s.boxes, s.scores, s.all_landmarks)]
+      live_items = [it for it in user_items if id(it) in live]
+      stages.cut_regions(cloaker, live_items)
+      targets.update(stages.choose_targets(cloaker, live_items, self.pool)[0])
       items += user_items
       photos += list(ps)
-    tfeats = {id(f): targets[it.user].features for it in items for f in it.faces
-              if it.user in targets}
-    cloaker.cloak_items(items, tfeats)
+    stages.cloak(cloaker, [it for it in items if it.photo is not None and it.status == "pending"],
+                 targets)
     seconds = (time.time() - t0) / max(1, len(items))
     written = []
     for s, it in zip(photos, items):
@@ -147,13 +141,13 @@ class CloakRunner:
                                 paths=[s.path for s in photos],
                                 fallback=[s.landmarks for s in photos])
     for s, it, w, r in zip(photos, items, written, redetected):
-      main = max(it.faces, key=lambda f: f.box[2] * f.box[3]) if it.faces else None
+      main = it.main_face()
       dssim = main.stats.get("dssim") if main is not None and main.status == "cloaked" else None
       p = None
       if main is not None and main.region is not None and it.output is not None:
         x0, y0, x1, y1 = main.region.box
         p = psnr(s.rgb[y0:y1, x0:x1], w[y0:y1, x0:x1])
-      t = targets.get(it.user)
+      t = targets.get(it.user)  # None: no target (no face of the user's was usable)
       stats = main.stats if main is not None else {}
       self._done[(config, s.key)] = Cloaked(
           r, s, it.status, t.name if t else None, dssim, p, seconds, stats.get("self_distance"),

@@ -55,6 +55,12 @@ class Detections:
     i = int(np.argmin(d))
     return i if d[i] <= max_distance else None
 
+  def largest(self) -> int | None:
+    """Index of the face a portrait is about: the largest box (None if no face)."""
+    if len(self.scores) == 0:
+      return None
+    return int(np.argmax(self.boxes[:, 2] * self.boxes[:, 3]))
+
   def take(self, index) -> "Detections":
     index = np.atleast_1d(np.asarray(index, np.int64))
     return Detections(self.boxes[index], self.scores[index], self.landmarks[index])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -149,16 +148,3 @@ def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False,
   buf = io.BytesIO()
   im.save(buf, format=fmt, **kwargs)
   return buf.getvalue(), fmt
-
-
-# Suffixes each written format may carry; the first is used when renaming.
-SUFFIXES = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp",),
-            "TIFF": (".tif", ".tiff"), "BMP": (".bmp",)}
-
-
-def output_name(name: str, fmt: str) -> str:
-  """`name` with a suffix matching the written format (e.g. a GIF written as PNG)."""
-  suffixes = SUFFIXES.get(fmt)
-  if not suffixes or Path(name).suffix.lower() in suffixes:
-    return name
-  return str(Path(name).with_suffix(suffixes[0]))

@@ -16,11 +16,9 @@ import numpy as np
 from PIL import Image
 
 import jax
-import jax.numpy as jnp
 
 from jaxcloak.faces.align import similarity_transform
 from jaxcloak import losses
-from jaxcloak.losses import ssim
 
 BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
 
@@ -109,17 +107,13 @@ def paste(rgb: np.ndarray, region: Region, cloaked_patch: np.ndarray,
 
 
 @jax.jit
-def _dssim_valid_windows(a, b, h, w):
-  """DSSIM over the 11x11 windows lying fully inside the top-left h x w of padded a, b."""
-  m = ssim(a[None], b[None], return_map=True)[0]  # [H - 10, W - 10, 3]
-  rows = jnp.arange(m.shape[0])[:, None] <= h - 11
-  cols = jnp.arange(m.shape[1])[None, :] <= w - 11
-  valid = (rows & cols)[..., None].astype(m.dtype)
-  return (1.0 - jnp.sum(m * valid) / (jnp.sum(valid) * m.shape[-1])) / 2.0
+def _masked_dssim(a, b, mask):
+  return losses.dssim(a[None], b[None], mask[None])[0]
 
 
 def region_dssim(original: np.ndarray, written: np.ndarray, box) -> float:
-  """DSSIM between two uint8 photos over one region, as dm_pix computes it on the crop.
+  """DSSIM between two uint8 photos over one region, as dm_pix computes it on the crop
+  (`losses.dssim`'s masking rule, the loop's).
 
   Regions are zero-padded to multiples of 64 so that checking many faces of
   different sizes compiles a handful of times, not once per face.
@@ -134,7 +128,9 @@ def region_dssim(original: np.ndarray, written: np.ndarray, box) -> float:
   b = np.zeros((ph, pw, 3), np.float32)
   a[:h, :w] = original[y0:y1, x0:x1] / np.float32(255.0)
   b[:h, :w] = written[y0:y1, x0:x1] / np.float32(255.0)
-  return float(_dssim_valid_windows(a, b, h, w))
+  mask = np.zeros((ph, pw), np.float32)
+  mask[:h, :w] = 1.0
+  return float(_masked_dssim(a, b, mask))
 
 
 def recut(region: Region, rgb: np.ndarray) -> Region:

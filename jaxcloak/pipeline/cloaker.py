@@ -1,4 +1,6 @@
-"""The local cloak runner: photos in, cloaked photos and a per-photo report out.
+"""The engine: models, detector and compiled functions, loaded once; batches of faces in,
+cloaked and written photos out. What to do with a photo (which faces, which
+target, what to record) is `stages.py`'s; the engine only computes.
 
 Data flow: decode (EXIF-upright RGB) -> YuNet detect -> face regions (bucketed
 native-resolution patches) -> one compiled optimisation per bucket-shaped batch,
@@ -9,7 +11,6 @@ re-encoding pushed it over budget) -> atomic write.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import jax
@@ -21,66 +22,23 @@ from jaxcloak.config import CloakConfig
 from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import quality
 from jaxcloak.faces import regions as regions_lib
-from jaxcloak.faces.detect import Detector
+from jaxcloak.faces.detect import MAX_SIDE, Detector
 from jaxcloak.optimize import Batch, data_mesh, make_cloak_fn, region_features, shard_batch
+from jaxcloak.pipeline.records import Face, Item  # noqa: F401 (also the engine's public types)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
 
-@dataclasses.dataclass
-class Face:
-  box: list  # x, y, w, h in photo pixels
-  score: float
-  landmarks: np.ndarray  # [5, 2]
-  region: regions_lib.Region | None = None
-  status: str = "pending"  # cloaked | too_small | not_improved | over_budget
-  cloaked_patch: np.ndarray | None = None
-  strength: float = 1.0
-  stats: dict = dataclasses.field(default_factory=dict)
-  jpeg: tuple | None = None  # (luma, chroma, subsampling code, on) the output is encoded with
+class FaceFinder:
+  """Decodes photos and finds their faces: the part of the engine that needs no recognizer
+  (a Ray detect worker holds only this)."""
 
-
-@dataclasses.dataclass
-class Item:
-  """One photo through the pipeline."""
-  name: str  # relative output path
-  data: bytes
-  user: str = ""
-  photo: photo_io.Photo | None = None
-  faces: list = dataclasses.field(default_factory=list)
-  status: str = "pending"
-  message: str = ""
-  output: bytes | None = None
-  output_format: str = ""
-  written_rgb: np.ndarray | None = None  # the written file, re-decoded (write_back sets it)
-
-
-def main_face(dets) -> int | None:
-  """Index of the face an identity photo is about: the largest one."""
-  if len(dets.scores) == 0:
-    return None
-  return int(np.argmax(dets.boxes[:, 2] * dets.boxes[:, 3]))
-
-
-class Cloaker:
-  """Loads models once, compiles once per bucket, cloaks batches of photos."""
-
-  def __init__(self, config: CloakConfig, *, weights_dir=None, devices=None,
-               strip_metadata: bool = False, max_pixels: int = photo_io.MAX_PIXELS):
+  def __init__(self, config: CloakConfig, *, weights_dir=None,
+               max_pixels: int = photo_io.MAX_PIXELS, detect_side: int | None = None):
     self.config = config
-    self.extractors = [models.load(n, weights_dir) for n in config.extractors]
-    self.detector = Detector(weights_dir=weights_dir, upscale=config.detect_upscale)
-    self.cloak_fn = make_cloak_fn(self.extractors, config)
-    self.features = region_features(self.extractors)
-    devices = devices if devices is not None else jax.local_devices()
-    self.mesh = data_mesh(devices) if len(devices) > 1 else None
-    self.n_devices = len(devices)
-    # Batch size rounded up to a multiple of the device count for even shards.
-    self.batch_size = -(-config.batch_size // self.n_devices) * self.n_devices
-    self.strip_metadata = strip_metadata
+    self.detector = Detector(weights_dir=weights_dir, upscale=config.detect_upscale,
+                             max_side=detect_side or MAX_SIDE)
     self.max_pixels = max_pixels
-
-  # -- stages ---------------------------------------------------------------
 
   def decode(self, item: Item) -> None:
     try:
@@ -97,6 +55,27 @@ class Cloaker:
         it.faces.append(Face(list(map(float, b)), float(s), np.asarray(lm, np.float32)))
       if not it.faces:
         it.status, it.message = "no_face", f"{it.name}: no face found; copied unchanged"
+
+
+class Cloaker(FaceFinder):
+  """Loads models once, compiles once per bucket, cloaks batches of photos."""
+
+  def __init__(self, config: CloakConfig, *, weights_dir=None, devices=None,
+               strip_metadata: bool = False, max_pixels: int = photo_io.MAX_PIXELS,
+               detect_side: int | None = None):
+    self.extractors = [models.load(n, weights_dir) for n in config.extractors]  # named first
+    super().__init__(config, weights_dir=weights_dir, max_pixels=max_pixels,
+                     detect_side=detect_side)
+    self.cloak_fn = make_cloak_fn(self.extractors, config)
+    self.features = region_features(self.extractors)
+    devices = devices if devices is not None else jax.local_devices()
+    self.mesh = data_mesh(devices) if len(devices) > 1 else None
+    self.n_devices = len(devices)
+    # Batch size rounded up to a multiple of the device count for even shards.
+    self.batch_size = -(-config.batch_size // self.n_devices) * self.n_devices
+    self.strip_metadata = strip_metadata
+
+  # -- stages ---------------------------------------------------------------
 
   def make_regions(self, items: Sequence[Item]) -> None:
     for it in items:
@@ -132,7 +111,7 @@ class Cloaker:
     regions = []
     for it in items:
       if it.faces:
-        f = it.faces[max(range(len(it.faces)), key=lambda i: it.faces[i].box[2] * it.faces[i].box[3])]
+        f = it.main_face()
         regions.append(f.region or regions_lib.face_region(
             it.photo.rgb, f.landmarks, self.extractors, max_region=self.config.max_region))
     return self.region_features(regions)

@@ -7,7 +7,6 @@ features are computed once and cached.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -17,10 +16,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxcloak import targets as targets_lib
-from jaxcloak.faces import io as photo_io
 from jaxcloak.files import atomic_write, permission_bits
 from jaxcloak.faces import regions as regions_lib
-from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, Cloaker, Item
+from jaxcloak.pipeline import stages
+from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, Cloaker
+from jaxcloak.pipeline.pool import pool_features  # noqa: F401 (its old home; still imported from here)
+from jaxcloak.pipeline.records import Item
 
 TARGET_SAMPLE = 64  # photos per user used to choose the target
 
@@ -40,58 +41,6 @@ def collect_photos(inputs: Sequence[Path], *, user: str | None = None) -> list[t
         who = user or (rel.parts[0] if len(rel.parts) > 1 else root.name)
         out.append((p, str(rel), who))
   return out
-
-
-def _pool_key(pool_dir: Path, files: list[Path], extractors: Sequence[str],
-              upscale: bool) -> str:
-  h = hashlib.sha256()
-  h.update(("|".join(extractors) + f"|upscale={upscale}|v1").encode())
-  for f in files:
-    st = f.stat()
-    h.update(f"{f.relative_to(pool_dir)}:{st.st_size}:{int(st.st_mtime)}".encode())
-  return h.hexdigest()[:24]
-
-
-def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = None,
-                  log: Callable[[str], None] = print) -> targets_lib.IdentityFeatures:
-  """Unit features of every identity's main faces in a pool, cached on disk."""
-  pool_dir = Path(pool_dir)
-  ids = sorted(d for d in pool_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
-  if not ids:
-    raise ValueError(f"target pool {pool_dir} has no identity subfolders")
-  files = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-           for d in ids}
-  names = list(files)
-  key = _pool_key(pool_dir, [f for n in names for f in files[n]], cloaker.config.extractors,
-                  cloaker.config.detect_upscale)
-  cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "jaxcloak" / "pools"
-  cache = cache_dir / f"{key}.npz"
-  if cache.exists():
-    return targets_lib.IdentityFeatures.load(cache)
-  log(f"computing target-pool features for {len(names)} identities in {pool_dir} (cached after)")
-  # Batch across identities: pools are many small folders.
-  flat = [(k, p) for k, n in enumerate(names) for p in files[n]]
-  per_id = {e: [[] for _ in names] for e in cloaker.config.extractors}
-  for start in range(0, len(flat), 64):
-    part = flat[start:start + 64]
-    items = [Item(p.name, p.read_bytes()) for _, p in part]
-    for it in items:
-      cloaker.decode(it)
-    cloaker.detect(items)
-    owners = [k for (k, _), it in zip(part, items) if it.faces]
-    f = cloaker.identity_features([it for it in items if it.faces])
-    for e in per_id:
-      for k, v in zip(owners, f[e]):
-        per_id[e][k].append(v)
-  dim = {e.name: e.embedding_dim for e in cloaker.extractors}
-  feats = {e: [np.stack(v) if v else np.zeros((0, dim[e]), np.float32) for v in per_id[e]]
-           for e in per_id}
-  result = targets_lib.IdentityFeatures(names, feats)
-  cache_dir.mkdir(parents=True, exist_ok=True)
-  tmp = cache.with_suffix(".part.npz")
-  result.save(tmp)
-  tmp.replace(cache)
-  return result
 
 
 def _face_record(f, target_feats, orig_feats, written_feats, extractors) -> dict:
@@ -119,7 +68,7 @@ def _face_record(f, target_feats, orig_feats, written_feats, extractors) -> dict
 
 def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_dir: Path, *,
                  pool: targets_lib.IdentityFeatures | None = None,
-                 report: Path | None = None, chunk: int = 32,
+                 report: Path | None = None, chunk: int = 32, max_faces: int = stages.MAX_FACES,
                  progress: bool = True, log: Callable[[str], None] = print) -> dict:
   """Cloaks photos into out_dir (same relative names); returns a summary.
 
@@ -152,31 +101,18 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         t0 = time.time()
         items = [Item(rel, src.read_bytes(), user) for src, rel, _ in part]
         sources = {rel: permission_bits(src.stat().st_mode) for src, rel, _ in part}
-        for it in items:
-          cloaker.decode(it)
-        cloaker.detect(items)
-        cloaker.make_regions(items)
+        live = stages.decode(cloaker, items)
+        stages.detect(cloaker, live, max_faces=max_faces)
         if targeted and target is None:
           # One target per user, from (up to TARGET_SAMPLE of) the user's photos.
-          sample = items
-          if len(items) < TARGET_SAMPLE and len(user_photos) > len(items):
-            extra = [Item(r, s.read_bytes(), user) for s, r, _ in user_photos[len(items):TARGET_SAMPLE]]
-            for it in extra:
-              cloaker.decode(it)
+          sample = live
+          more = user_photos[start + len(part):start + TARGET_SAMPLE]
+          if len(part) < TARGET_SAMPLE and more:
+            extra = stages.decode(cloaker, [Item(r, s.read_bytes(), user) for s, r, _ in more])
             cloaker.detect(extra)
-            sample = items + extra
-          feats = cloaker.identity_features([it for it in sample if it.faces])
-          if len(next(iter(feats.values()))):
-            target = targets_lib.choose_target(
-                feats, pool, extractors=config.extractors, weights=config.weights,
-                choice=config.target_choice, top_k=config.target_top_k, seed=config.seed,
-                exclude=(user,))
-        faces = [f for it in items for f in it.faces]
-        tfeats = {id(f): target.features for f in faces} if target else {}
-        if targeted and target is None:
-          for f in faces:
-            f.status = "no_target"
-        cloaker.cloak_items(items, tfeats)
+            sample = live + extra
+          target = stages.choose_targets(cloaker, sample, pool)[0].get(user)
+        stages.cloak(cloaker, live, {user: target})
         # Feature shift measured on the written, re-decoded files.
         done = [(it, f) for it in items if it.status == "cloaked" for f in it.faces
                 if f.status == "cloaked"]
@@ -186,14 +122,13 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         per_face = {id(f): i for i, (_, f) in enumerate(done)}
         elapsed = (time.time() - t0) / max(1, len(items))
         for it in items:
-          out_name = it.name
+          out_name = it.name  # the format is kept, so is the name
           if it.output is None:
             data = it.data  # exact copy: never a damaged or partial photo
             if it.status == "pending":
               it.status = "no_face"
           else:
             data = it.output
-            out_name = photo_io.output_name(out_name, it.output_format)
           atomic_write(out_dir / out_name, data, sources[it.name])
           faces_rec = []
           for f in it.faces:
@@ -208,7 +143,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
           counts[it.status] = counts.get(it.status, 0) + 1
           rec = {"input": it.name, "output": out_name, "user": user, "status": it.status,
                  "message": it.message or None, "faces": faces_rec,
-                 "notes": it.photo.notes if it.photo else [],
+                 "notes": it.notes + (it.photo.notes if it.photo else []),
                  "target": target.name if target else None,
                  "mode": config.mode, "budget": config.budget,
                  "seconds": round(elapsed, 3)}

@@ -1,19 +1,27 @@
 """The migrate job on a Ray cluster (the only module that imports ray).
 
-Two actor stages, as in Ray Data's batch-inference pattern: `DetectStage`
-(decode + YuNet detect + face regions, CPU) and `CloakStage` (targets + the
-compiled cloak + paste/encode), one CloakStage per GPU (or a few on a CPU-only
-cluster). Each actor loads weights and builds its jitted functions once in
-`__init__`; batches are the driver's chunks, and `CloakConfig.batch_size`
-sizes the compiled face batch for the device. Actors are spread over nodes.
+Workers do the I/O; the driver only schedules and records. Two actor stages:
 
-The driver walks SRC, reads inputs, streams chunks to the actors (a bounded
-number in flight, so memory stays bounded) and writes every result to DST and
-the manifest itself, exactly as the local runner does (`migrate.Job`): the
-manifest stays the single truth and resuming is the same. A killed actor is
-restarted (`max_restarts`) and its in-flight chunk retried
-(`max_task_retries`); since only the driver writes, a retried chunk can be
-neither lost nor recorded twice.
+- `DetectStage` reads each input from SRC itself (by its locator), hashes it,
+  decodes it and finds its faces. It holds a `FaceFinder` (YuNet only, no
+  recognizer) and takes a share of a GPU when the cluster has one.
+- `CloakStage` cuts the regions, chooses targets, runs the compiled cloak and
+  writes each output into DST itself (atomic rename, the input's permission
+  bits). One per GPU, or a few on a CPU-only cluster.
+
+A chunk's bytes go from the detect actor to the cloak actor through Ray's
+object store: the driver passes references and gets back only manifest
+records, which it appends in walk order (so resuming is exact, and an input
+whose bytes an earlier input had becomes its duplicate, as in process). SRC
+and DST must be at the same paths on every node (a shared filesystem). A tar
+is one stream, so its members are read by the driver and shipped; folders and
+zips are read by the workers.
+
+Actors rather than Ray Data's `map_batches`: the manifest is committed in walk
+order, a user's target is chosen by one chunk before the user's other chunks
+start, and a killed actor's chunk is retried (`max_task_retries`) without being
+recorded twice. A streaming dataset would own ordering and retries; these
+three rules would have to be rebuilt around it.
 """
 
 from __future__ import annotations
@@ -26,22 +34,17 @@ from typing import Callable
 
 import ray
 
-from jaxcloak.pipeline import migrate as mig
+from jaxcloak import compile_cache as compile_cache_lib
+from jaxcloak.faces import io as photo_io
+from jaxcloak.pipeline import stages
+from jaxcloak.pipeline.job import Job, MigrateError, Options, Progress
+from jaxcloak.pipeline.outputs import DISK_ERRNOS, read_task, write_output
+from jaxcloak.pipeline.records import error_results
+from jaxcloak.pipeline.sources import count_entries, open_locator
 
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
-
-
-def _setup_jax(folder: str | None) -> None:
-  from jaxcloak import compile_cache
-  compile_cache.enable(folder and Path(folder))
-
-
-def _make_cloaker(config, cloaker_kwargs: dict, detect_side: int | None):
-  from jaxcloak.pipeline.cloaker import Cloaker
-  cloaker = Cloaker(config, **cloaker_kwargs)
-  mig.set_detect_side(cloaker, detect_side)
-  return cloaker
+DETECT_GPU_SHARE = 0.25  # YuNet is small: detect actors share a GPU with a cloak actor
 
 
 class _Stage:
@@ -51,41 +54,68 @@ class _Stage:
 
 
 class DetectStage(_Stage):
-  """Decode, detect and cut regions for a chunk of tasks."""
+  """Reads, hashes, decodes and finds faces for a chunk of tasks."""
 
-  def __init__(self, config, cloaker_kwargs: dict, options: mig.Options, compile_cache=None):
-    _setup_jax(compile_cache)
-    self.cloaker = _make_cloaker(config, cloaker_kwargs, options.detect_side)
-    self.max_faces = options.max_faces
+  def __init__(self, config, engine_kwargs: dict, options: Options, dst: str,
+               compile_cache=None):
+    from jaxcloak.pipeline.cloaker import FaceFinder
+    compile_cache_lib.enable(compile_cache and Path(compile_cache))
+    self.finder = FaceFinder(config, weights_dir=engine_kwargs.get("weights_dir"),
+                             max_pixels=engine_kwargs.get("max_pixels", photo_io.MAX_PIXELS),
+                             detect_side=options.detect_side)
+    self.options, self.dst = options, Path(dst)
 
   def __call__(self, tasks: list) -> list:
-    mig.prepare(self.cloaker, tasks, max_faces=self.max_faces)
+    for t in tasks:
+      if t.data is None:
+        t.final = read_task(t, lambda: open_locator(t.locator), dst=self.dst,
+                            max_file_bytes=self.options.max_file_bytes)
+    stages.find_faces(self.finder, [t for t in tasks if t.final is None])
     return tasks
 
 
 class CloakStage(_Stage):
-  """Targets, the compiled optimisation and write-back; returns records and output bytes."""
+  """Regions, targets, the compiled cloak, and the outputs written; returns records."""
 
-  def __init__(self, config, cloaker_kwargs: dict, options: mig.Options, compile_cache=None):
-    _setup_jax(compile_cache)
-    self.cloaker = _make_cloaker(config, cloaker_kwargs, options.detect_side)
+  def __init__(self, config, engine_kwargs: dict, options: Options, dst: str,
+               compile_cache=None):
+    from jaxcloak.pipeline.cloaker import Cloaker
+    compile_cache_lib.enable(compile_cache and Path(compile_cache))
+    self.engine = Cloaker(config, detect_side=options.detect_side, **engine_kwargs)
+    self.options, self.dst = options, Path(dst)
     self.pool = None
 
   def load_pool(self, pool_dir: str):
-    from jaxcloak.pipeline.local import pool_features
-    self.pool = pool_features(self.cloaker, Path(pool_dir), log=lambda m: None)
+    from jaxcloak.pipeline.pool import pool_features
+    self.pool = pool_features(self.engine, Path(pool_dir), log=lambda m: None)
     return self.pool
 
   def set_pool(self, pool) -> None:
     self.pool = pool
 
-  def __call__(self, tasks: list, targets: dict) -> tuple[list, dict]:
-    new = mig.cloak_stage(self.cloaker, tasks, targets=targets, pool=self.pool)
-    all_targets = {**targets, **new}
-    return [mig.result_of(t, target=all_targets.get(t.user)) for t in tasks], new
+  def __call__(self, tasks: list, targets: dict) -> tuple[list, dict, tuple | None]:
+    """(records, targets newly chosen, (errno, strerror) if the disk failed)."""
+    records = [t.final for t in tasks if t.final is not None]
+    todo = [t for t in tasks if t.final is None]
+    chosen = {}
+    try:
+      for results, new in stages.process(self.engine, todo, targets=targets, pool=self.pool,
+                                         max_faces=self.options.max_faces):
+        chosen.update(new)
+        for rec, data in results:
+          if data is not None:
+            write_output(self.dst, rec, data, rec.get("mode"))
+          else:
+            rec.setdefault("output", None)
+          records.append(rec)
+    except OSError as e:
+      if e.errno not in DISK_ERRNOS:
+        raise
+      return [], chosen, (e.errno, e.strerror)
+    return records, chosen, None
 
 
-def migrate(src: Path, dst: Path, config, *, options: mig.Options = mig.Options(),
+def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
             address: str | None = "auto", cloak_actors: int | None = None,
             detect_actors: int | None = None, weights_dir: str | None = None,
             strip_metadata: bool = False, max_pixels: int | None = None,
@@ -99,12 +129,12 @@ def migrate(src: Path, dst: Path, config, *, options: mig.Options = mig.Options(
     address: Ray cluster address ("auto" = this node's cluster; None inside a
       `ray job submit` job or to start a local one).
     cloak_actors: default one per GPU in the cluster, else 2 (CPU-only).
-    in_flight_per_actor: chunks queued per cloak actor (bounds driver memory).
-    kill_actor_after: fault drill: ray.kill() a busy cloak actor after this many
-      chunks, to show its chunk is retried on the restarted actor.
+    in_flight_per_actor: chunks queued per cloak actor (bounds worker memory).
+    kill_actor_after: fault drill (tests): ray.kill() a busy cloak actor after
+      this many chunks, to show its chunk is retried on the restarted actor.
   """
   t0 = time.time()
-  job = mig.Job(src, dst, config, options, log=log)
+  job = Job(src, dst, config, options, log=log)
   tty = sys.stderr.isatty() if progress is None else progress
   if not ray.is_initialized():
     ray.init(address=address, log_to_driver=True)
@@ -112,51 +142,60 @@ def migrate(src: Path, dst: Path, config, *, options: mig.Options = mig.Options(
   gpus = int(resources.get("GPU", 0))
   n_cloak = cloak_actors or (gpus if gpus else 2)
   n_detect = detect_actors or n_cloak
-  cloaker_kwargs = {"weights_dir": weights_dir, "strip_metadata": strip_metadata}
+  engine_kwargs = {"weights_dir": weights_dir, "strip_metadata": strip_metadata}
   if max_pixels is not None:
-    cloaker_kwargs["max_pixels"] = max_pixels
+    engine_kwargs["max_pixels"] = max_pixels
   cpu_share = max(0.1, min(1.0, resources.get("CPU", 1) / (n_cloak + n_detect)))
   common = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
                 scheduling_strategy="SPREAD")
   cloak_cls = ray.remote(CloakStage).options(
       num_gpus=1 if gpus else 0, num_cpus=0 if gpus else cpu_share, **common)
-  detect_cls = ray.remote(DetectStage).options(num_cpus=cpu_share, **common)
-  cloakers = [cloak_cls.remote(config, cloaker_kwargs, options, compile_cache)
-              for _ in range(n_cloak)]
-  detectors = [detect_cls.remote(config, cloaker_kwargs, options, compile_cache)
-               for _ in range(n_detect)]
+  # On a GPU node the detector runs there too; JAX must not take the whole GPU for it.
+  detect_env = {"env_vars": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.1"}} if gpus else None
+  detect_cls = ray.remote(DetectStage).options(
+      num_gpus=DETECT_GPU_SHARE if gpus else 0, num_cpus=cpu_share, runtime_env=detect_env,
+      **common)
+  args = (config, engine_kwargs, options, str(Path(dst).resolve()), compile_cache)
+  cloakers = [cloak_cls.remote(*args) for _ in range(n_cloak)]
+  detectors = [detect_cls.remote(*args) for _ in range(n_detect)]
   placement = ray.get([a.where.remote() for a in cloakers + detectors])
   log(f"ray: {n_cloak} cloak actors ({'GPU' if gpus else 'CPU'}) and {n_detect} detect "
       f"actors on {len({n for _, n in placement})} node(s)")
   if config.mode == "targeted":
     if pool_dir is None:
-      raise mig.MigrateError("targeted mode needs a target pool (--pool DIR)")
+      raise MigrateError("targeted mode needs a target pool (--pool DIR)")
     pool_ref = ray.put(ray.get(cloakers[0].load_pool.remote(str(pool_dir))))
     ray.get([a.set_pool.remote(pool_ref) for a in cloakers[1:]])
 
-  job.progress = mig.Progress(mig.count_entries(job.src), tty=tty, log=log, every=log_every)
-  inflight: dict = {}  # result ref -> (chunk, cloak actor index, users choosing a target)
+  job.progress = Progress(count_entries(job.src), tty=tty, log=log, every=log_every)
+  inflight: dict = {}  # result ref -> (chunk number, chunk, cloak actor, users choosing a target)
+  finished: dict[int, list] = {}  # chunk number -> its records, until earlier chunks are in
   load = [0] * n_cloak
   choosing: set[str] = set()
-  done_chunks = 0
+  next_commit = 0
   killed = 0
 
   def collect() -> None:
-    nonlocal done_chunks
+    nonlocal next_commit
     ready, _ = ray.wait(list(inflight), num_returns=1)
     ref = ready[0]
-    chunk, k, users = inflight.pop(ref)
+    number, chunk, k, users = inflight.pop(ref)
     load[k] -= 1
     try:
-      results, new = ray.get(ref)
-    except (ray.exceptions.RayError, mig.MigrateError) as e:
-      results, new = mig.error_results(chunk, e), {}
-    job.save_targets(new)  # before any output that used them
-    job.write_results(results)
+      records, new, disk = ray.get(ref)
+    except ray.exceptions.RayError as e:
+      records, new, disk = [r for r, _ in error_results(chunk, e, copied=False)], {}, None
+    if disk is not None:
+      raise OSError(*disk)
+    job.save_targets(new)  # before any record that used them
     choosing.difference_update(users)
-    done_chunks += 1
+    finished[number] = records
+    while next_commit in finished:  # the manifest follows the walk order
+      for rec in finished.pop(next_commit):
+        job.record_written(rec)
+      next_commit += 1
 
-  for chunk in job.chunks(job.tasks()):
+  for number, chunk in enumerate(job.chunks(job.tasks(read=False))):
     need = set()
     if config.mode == "targeted":
       need = {t.user for t in chunk} - set(job.state.targets)
@@ -168,10 +207,10 @@ def migrate(src: Path, dst: Path, config, *, options: mig.Options = mig.Options(
     k = min(range(n_cloak), key=load.__getitem__)
     prepared = detectors[k % n_detect].__call__.remote(chunk)
     ref = cloakers[k].__call__.remote(prepared, dict(job.state.targets))
-    inflight[ref] = (chunk, k, need)
+    inflight[ref] = (number, chunk, k, need)
     load[k] += 1
     choosing |= need
-    if kill_actor_after is not None and not killed and done_chunks >= kill_actor_after:
+    if kill_actor_after is not None and not killed and next_commit >= kill_actor_after:
       ray.kill(cloakers[k], no_restart=False)  # its queued chunks must be retried
       killed = 1
       log(f"ray: fault drill: killed cloak actor {k} with {load[k]} chunk(s) in flight")
@@ -184,3 +223,4 @@ def migrate(src: Path, dst: Path, config, *, options: mig.Options = mig.Options(
   for a in cloakers + detectors:
     ray.kill(a)
   return summary
+

@@ -119,3 +119,23 @@ def test_soft_maximum_lies_between_weighted_mean_and_max():
   np.testing.assert_allclose(losses.soft_maximum(terms, w, 1e-3)[0], 0.9, atol=2e-3)
   np.testing.assert_allclose(losses.soft_maximum(terms, w, 0.05)[1], 0.5, atol=1e-6)
   np.testing.assert_allclose(losses.soft_maximum(terms, w, 1e3), mean, atol=1e-3)
+
+
+def test_one_masking_rule_loop_and_file(faces_dir):
+  """The loop's masked DSSIM of a padded patch, the written-file check and dm_pix's SSIM of
+  the bare crop are one number (one rule: windows wholly inside the region)."""
+  from jaxcloak.faces import regions
+  a, b = _real_pair(faces_dir)
+  h, w = 117, 101  # not a multiple of anything
+  ua = np.round(a[0] * 255).astype(np.uint8)
+  ub = np.round(b[0] * 255).astype(np.uint8)
+  crop_a, crop_b = ua[:h, :w] / np.float32(255), ub[:h, :w] / np.float32(255)
+  plain = float(losses.dssim(jnp.asarray(crop_a[None]), jnp.asarray(crop_b[None]))[0])
+  pa, pb = np.zeros((1, 160, 160, 3), np.float32), np.zeros((1, 160, 160, 3), np.float32)
+  pa[0, :h, :w], pb[0, :h, :w] = crop_a, crop_b
+  mask = np.zeros((1, 160, 160), np.float32)
+  mask[0, :h, :w] = 1
+  loop = float(losses.dssim(jnp.asarray(pa), jnp.asarray(pb), jnp.asarray(mask))[0])
+  on_file = regions.region_dssim(ua, ub, (0, 0, w, h))
+  assert plain > 0.01
+  np.testing.assert_allclose([loop, on_file], plain, rtol=1e-4)

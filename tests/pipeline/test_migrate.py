@@ -39,7 +39,7 @@ CLI_FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--
 @pytest.fixture(scope="module")
 def cloaker(jax_cache):
   from jaxcloak.pipeline.cloaker import Cloaker
-  return Cloaker(CONFIG, max_pixels=corpus.MAX_PIXELS)
+  return Cloaker(CONFIG, max_pixels=corpus.MAX_PIXELS, detect_side=OPTIONS.detect_side)
 
 
 def snapshot(root: Path) -> dict:
@@ -256,11 +256,13 @@ def test_memory_bounded_by_chunk_not_archive(tmp_path, cloaker):
       Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8)).save(b, "PNG")
       zf.writestr(f"u{i % 4}/{i:05d}.png", b.getvalue())
       total += len(b.getvalue())
+  from jaxcloak.pipeline.cloaker import Cloaker
   opts = mig.Options(detect_side=64, chunk=8)
+  engine = Cloaker(CONFIG, detect_side=opts.detect_side)  # built before tracing: its weights
   tracemalloc.start()
   try:
     s = mig.migrate(tmp_path / "big.zip", tmp_path / "dst", CONFIG, options=opts,
-                    make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+                    make_cloaker=lambda: engine, progress=False, log=lambda m: None)
     _, peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
@@ -311,7 +313,7 @@ def test_targets_recorded_and_reused(tmp_path, faces_dir, jax_cache):
   face = corpus.face_image(faces_dir)
   for rel, q in [("alice/1.jpg", 90), ("alice/2.jpg", 92), ("bob/1.jpg", 94)]:
     corpus.write(tmp_path / "src", rel, corpus.jpeg(face, quality=q))
-  c = Cloaker(config)
+  c = Cloaker(config, detect_side=OPTIONS.detect_side)
   pool = pool_features(c, tmp_path / "pool", cache_dir=tmp_path / "cache", log=lambda m: None)
   kw = dict(options=OPTIONS, make_cloaker=lambda: c, pool=pool, progress=False,
             log=lambda m: None)

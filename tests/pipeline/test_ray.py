@@ -113,6 +113,7 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
   assert summary["ray_nodes"] == 2 and summary["actors_killed"] == 1, summary
   assert summary["actor_nodes"] == 2  # detect and cloak stages spread over both nodes
   assert "fault drill: killed cloak actor" in logs
+  assert "driver opened 0 input file(s) under SRC" in logs  # the workers read every input
   lines = list(Manifest(dst / mig.META_DIR / "manifest.jsonl").records())
   assert len(lines) == len(expected)  # nothing recorded twice
   got = {r["input"]: r["status"] for r in lines}
