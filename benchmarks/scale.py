@@ -7,7 +7,9 @@ times into fresh DSTs: in-process, then on a local Ray cluster (started here
 with `ray.init`, loopback only) with 1 and with 2 cloak actors. Every run is
 warmed first on a few other photos so compiles are excluded (the persistent
 XLA cache makes the actors' compiles cache loads). Writes one JSON line:
-photos/s for each, Ray's overhead per photo versus in-process, device, versions.
+photos/s for each, Ray's overhead per photo versus in-process, the driver's
+CPU seconds per photo and the number of input files it opened (Ray: 0, the
+workers read SRC and write DST), device, versions.
 
 Last seen (2-core shared CPU VM, no GPU, noisy: other jobs were running;
 dlib, untargeted, `--photos 32 --steps 5`, batch 8, 64 px regions): in-process
@@ -76,10 +78,17 @@ def main() -> None:
   mig.migrate(warm, work / "w0", config, options=options, make_cloaker=lambda: cloaker,
               progress=False, log=quiet)
   result["local_warmup_s"] = round(time.time() - t, 2)
-  t = time.time()
+  # The driver's own cost: CPU seconds of this process, and input files it opened.
+  opened: list[str] = []
+  root = str(photos.resolve())
+  sys.addaudithook(lambda ev, a: ev == "open" and a and isinstance(a[0], str)
+                   and os.path.realpath(a[0]).startswith(root) and opened.append(a[0]))
+  t, cpu = time.time(), time.process_time()
   s = mig.migrate(photos, work / "local", config, options=options, make_cloaker=lambda: cloaker,
                   progress=False, log=quiet)
   local = time.time() - t
+  result["local_driver_cpu_s_per_photo"] = round((time.process_time() - cpu) / args.photos, 4)
+  result["local_driver_input_files_opened"] = len(opened)
   result["local_photos_per_s"] = round(args.photos / local, 3)
   result["faces_cloaked"] = s["faces_cloaked"]
   del cloaker
@@ -89,9 +98,12 @@ def main() -> None:
     kw = dict(options=options, cloak_actors=n, detect_actors=1, compile_cache=str(cache),
               progress=False, log=quiet)
     ray_runner.migrate(warm, work / f"w{n}", config, **kw)  # actors start + load the cache
-    t = time.time()
+    opened.clear()
+    t, cpu = time.time(), time.process_time()
     ray_runner.migrate(photos, work / f"ray{n}", config, **kw)
     elapsed = time.time() - t
+    result[f"ray{n}_driver_cpu_s_per_photo"] = round((time.process_time() - cpu) / args.photos, 4)
+    result[f"ray{n}_driver_input_files_opened"] = len(opened)
     result[f"ray{n}_photos_per_s"] = round(args.photos / elapsed, 3)
     result[f"ray{n}_overhead_s_per_photo"] = round((elapsed - local) / args.photos, 3)
   ray.shutdown()

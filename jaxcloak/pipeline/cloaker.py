@@ -26,7 +26,8 @@ from jaxcloak.faces.detect import MAX_SIDE, Detector
 from jaxcloak.optimize import Batch, data_mesh, make_cloak_fn, region_features, shard_batch
 from jaxcloak.pipeline.records import Face, Item  # noqa: F401 (also the engine's public types)
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+                  ".avif"}
 
 
 class FaceFinder:

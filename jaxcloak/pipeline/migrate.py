@@ -69,7 +69,3 @@ def _pool(cloaker, pool_dir, log):
     raise MigrateError("targeted mode needs a target pool (--pool DIR); or use --mode untargeted")
   return pool_features(cloaker, Path(pool_dir), log=log)
 
-
-if __name__ == "__main__":  # `python -m jaxcloak.pipeline.migrate` = `jaxcloak migrate`
-  from jaxcloak import cli
-  sys.exit(cli.main(["migrate", *sys.argv[1:]]))

@@ -20,8 +20,9 @@ from jaxcloak.faces import io as photo_io
 from jaxcloak.pipeline.records import Item, Task, error_results, result_of
 
 MAX_FACES = 64  # faces cloaked per photo (largest first); the rest are reported over_cap
+AVIF_BRANDS = {b"avif", b"avis"}
 HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs",
-               b"mif1", b"msf1", b"avif", b"avis"}
+               b"mif1", b"msf1"} | AVIF_BRANDS
 
 
 class StageError(Exception):
@@ -49,9 +50,12 @@ def decode(engine, items: Sequence[Item]) -> list[Item]:
         it.notes.append(f"EXIF damaged ({w.message}); photo processed without it")
     if it.photo is None:
       if brand and it.status in ("not_an_image", "corrupt"):
+        why = ("no decoder for it is installed (pip install pillow-heif)"
+               if photo_io.pillow_heif is None and brand not in AVIF_BRANDS else
+               f"its decoder failed ({it.message.split(': ', 1)[-1]})")
         it.status = "unsupported_format"
-        it.message = (f"{it.name}: {brand.decode().upper()} (HEIF family) photo and no decoder "
-                      "for it is installed; copied unchanged")
+        it.message = (f"{it.name}: {brand.decode().upper()} (HEIF family) photo that cannot be "
+                      f"decoded: {why}; copied unchanged")
     elif it.photo.format not in photo_io.WRITABLE_FORMATS:
       it.status = "unsupported_format"
       it.message = (f"{it.name}: {it.photo.format} cannot carry a cloak without changing the "
@@ -241,7 +245,8 @@ def _heif_brand(data: bytes) -> bytes | None:
 def _suffix_note(rel: str, fmt: str) -> str | None:
   ext = Path(rel).suffix.lower()
   want = {"JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"), "PNG": (".png",), "WEBP": (".webp",),
-          "TIFF": (".tif", ".tiff"), "BMP": (".bmp", ".dib")}.get(fmt)
+          "TIFF": (".tif", ".tiff"), "BMP": (".bmp", ".dib"), "HEIF": (".heic", ".heif", ".hif"),
+          "AVIF": (".avif",)}.get(fmt)
   if want and ext not in want:
     return f"extension {ext or '(none)'} but content is {fmt}; kept the name and the {fmt} format"
   return None

@@ -34,6 +34,14 @@ def jpeg(im: Image.Image, **kw) -> bytes:
   return b.getvalue()
 
 
+def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+  import pillow_heif  # noqa: F401 (registers the HEIF encoder with PIL)
+  pillow_heif.register_heif_opener()
+  b = io.BytesIO()
+  im.save(b, fmt, **kw)
+  return b.getvalue()
+
+
 def png(im: Image.Image, **kw) -> bytes:
   b = io.BytesIO()
   im.save(b, "PNG", **kw)
@@ -91,6 +99,10 @@ def build(src: Path, faces_dir: Path) -> dict[str, str]:
   add("bob/broken exif.jpg", with_exif_segment(jpeg(face, quality=89), broken), "cloaked")
   add("Zoë folder/été photo 1.jpg", jpeg(face, quality=88), "cloaked")  # unicode + spaces
   add("crowd/thirty faces.jpg", jpeg(thirty_faces(face), quality=92), "cloaked")
+  phone = Image.Exif()
+  phone[0x010F] = "jaxcloak test phone"  # Make
+  add("phone/IMG_0001.heic", encoded(face, "HEIF", quality=90, exif=phone.tobytes()), "cloaked")
+  add("phone/IMG_0002.avif", encoded(face, "AVIF", quality=90, exif=phone.tobytes()), "cloaked")
 
   add("odd/zero bytes.jpg", b"", "empty_file")
   add("odd/truncated.jpg", jpeg(noise(64, 1), quality=90)[:300], "corrupt")
@@ -112,9 +124,7 @@ def build(src: Path, faces_dir: Path) -> dict[str, str]:
   add("odd/static.gif", b.getvalue(), "unsupported_format")
   heic = struct.pack(">I", 24) + b"ftypheic" + b"\x00\x00\x00\x00mif1heic" + bytes(range(200))
   add("odd/phone.heic", heic, "unsupported_format")
-  b = io.BytesIO()
-  noise(64, 4).save(b, "AVIF")
-  add("odd/photo.avif", b.getvalue(), "unsupported_format")
+  add("odd/photo.avif", encoded(noise(64, 4), "AVIF"), "no_face")
   add("odd/noise.jpg", jpeg(noise(64, 5)), "no_face")
 
   # Permissions only bind a non-root user; as root the file reads normally.

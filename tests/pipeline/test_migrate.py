@@ -92,7 +92,7 @@ def test_every_odd_input_gets_its_status(migrated):
   assert any("extension .png" in n for n in recs["bob/face as png.png"]["notes"])
   assert any("EXIF damaged" in n for n in recs["bob/broken exif.jpg"]["notes"])
   assert recs["alice/copy of 1.jpg"]["duplicate_of"] == "alice/1.jpg"
-  assert summary["by_status"]["cloaked"] == 10 and summary["inputs"] == len(expected)
+  assert summary["by_status"]["cloaked"] == 12 and summary["inputs"] == len(expected)
   assert 0 < summary["mean_dssim"] <= CONFIG.budget
   assert any("photos/s" in line for line in logs)  # periodic log lines when not a terminal
 
@@ -117,6 +117,11 @@ def test_outputs_complete_and_src_untouched(migrated):
       assert rec["sha256_out"] == rec["sha256"]  # exact copy
   with Image.open(dst / "bob/exif rotated.jpg") as im:
     assert im.size == (corpus.FACE_SIDE, corpus.FACE_SIDE)  # upright, orientation reset
+  # Phone photos: cloaked in their own format (checked above), EXIF carried over.
+  for rel, fmt in (("phone/IMG_0001.heic", "HEIF"), ("phone/IMG_0002.avif", "AVIF")):
+    assert recs[rel]["status"] == "cloaked" and recs[rel]["dssim"] <= CONFIG.budget
+    with Image.open(dst / rel) as im:
+      assert im.format == fmt and im.getexif().get(0x010F) == "jaxcloak test phone", rel
   assert not list(dst.rglob("*.part"))
 
 
@@ -199,7 +204,7 @@ def test_manifest_torn_line(tmp_path):
 
 def _cli(src, dst, cache, *extra):
   env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
-  return [sys.executable, "-m", "jaxcloak.pipeline.migrate", str(src), str(dst), *CLI_FLAGS,
+  return [sys.executable, "-m", "jaxcloak", "migrate", str(src), str(dst), *CLI_FLAGS,
           "--chunk", "4", "--compile-cache", str(cache), "--log-every", "0", *extra], env
 
 
