@@ -207,9 +207,9 @@ class Job:
       for dup in self.deferred.pop(sha, []):
         self.duplicate(dup, rec)
 
-  def _append(self, rec: dict) -> None:
+  def _append(self, rec: dict, *, sync: bool = True) -> None:
     rec.pop("mode", None)  # an output's permission bits are on the file, not in the manifest
-    self.manifest.append(rec)
+    self.manifest.append(rec, sync=sync)
     self.done[rec["input"]] = rec
     self.counts[rec["status"]] += 1
     self.n_faces += rec.get("faces") or 0
@@ -326,9 +326,10 @@ class Job:
       self.state.targets.update(new)
       self.state.save()
 
-  def record_written(self, rec: dict) -> None:
+  def record_written(self, rec: dict, *, sync: bool = True) -> None:
     """Records an output a worker wrote itself; an input whose bytes an earlier one had
-    becomes its duplicate (the earlier output is copied over the worker's), as here."""
+    becomes its duplicate (the earlier output is copied over the worker's), as here.
+    With sync=False the caller syncs the manifest after the group (`manifest.sync`)."""
     sha = rec.get("sha256")
     original = self.by_sha.get(sha) if sha and rec["status"] not in ("error", "write_failed") else None
     if original is not None and original["input"] != rec["input"]:
@@ -341,7 +342,7 @@ class Job:
         data = None
       if data is not None and sha256_bytes(data) == original["sha256_out"]:
         return self.duplicate(task, original, data)
-    self._append(rec)
+    self._append(rec, sync=sync)
     if rec.get("output") and sha and rec["status"] not in ("duplicate", "error"):
       self.by_sha.setdefault(sha, rec)
 

@@ -78,13 +78,20 @@ class Manifest:
       f.flush()
       os.fsync(f.fileno())
 
-  def append(self, record: dict) -> None:
-    """Writes one record durably (flush + fsync) before returning."""
+  def append(self, record: dict, *, sync: bool = True) -> None:
+    """Writes one record, durably (flush + fsync) unless `sync` is False: then the
+    caller calls `sync()` after a group (a record lost before it only means
+    that input is redone on resume; its output was already in place)."""
     if self._file is None:
       self.open()
     self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
-    self._file.flush()
-    os.fsync(self._file.fileno())
+    if sync:
+      self.sync()
+
+  def sync(self) -> None:
+    if self._file is not None:
+      self._file.flush()
+      os.fsync(self._file.fileno())
 
   def close(self) -> None:
     if self._file is not None:

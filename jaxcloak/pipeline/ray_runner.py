@@ -192,7 +192,8 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
     finished[number] = records
     while next_commit in finished:  # the manifest follows the walk order
       for rec in finished.pop(next_commit):
-        job.record_written(rec)
+        job.record_written(rec, sync=False)
+      job.manifest.sync()  # one fsync per chunk, not per photo
       next_commit += 1
 
   for number, chunk in enumerate(job.chunks(job.tasks(read=False))):
