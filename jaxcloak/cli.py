@@ -98,6 +98,9 @@ def _cloak(args) -> int:
     print("error: no image files found in the inputs", file=sys.stderr)
     return 2
   out = Path(args.output)
+  if out.exists() and not out.is_dir():
+    return _person_error(NotADirectoryError(f"-o {out}: is a file; give a folder for the "
+                                            "cloaked photos (it is created if missing)"))
   for src, _, _ in photos:
     if out.resolve() == src.parent.resolve():
       print("error: output folder must differ from the input folder (originals are never "
@@ -111,8 +114,17 @@ def _cloak(args) -> int:
     pool = pool_features(cloaker, Path(args.pool)) if config.mode == "targeted" else None
   except (weights.WeightsError, KeyError, ValueError) as e:
     return _person_error(e)
-  summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
-                         progress=not args.quiet and sys.stderr.isatty())
+  try:
+    summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
+                           progress=not args.quiet and sys.stderr.isatty())
+  except OSError as e:
+    from jaxcloak.pipeline.outputs import DISK_ERRNOS
+    if e.errno not in DISK_ERRNOS:
+      raise
+    print(f"error: {out}: {e.strerror} while writing the cloaked photos; the originals are "
+          "untouched and every photo written is complete: free space and rerun (or use "
+          "`jaxcloak migrate`, which resumes)", file=sys.stderr)
+    return 2
   summary["config"] = dataclasses.asdict(config)
   if args.check:
     from jaxcloak import protection

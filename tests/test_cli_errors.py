@@ -27,3 +27,54 @@ def test_missing_input_path(tmp_path, capsys):
   code = main(["cloak", str(tmp_path / "nothere"), "-o", str(tmp_path / "out")])
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2 and err[-1].startswith("error: ") and "nothere" in err[-1]
+
+
+def test_output_that_is_a_file(tmp_path, capsys):
+  (tmp_path / "afile").write_text("x")
+  assert main(["cloak", "--samples", "-o", str(tmp_path / "afile"), "--quiet"]) == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
+  (tmp_path / "src").mkdir()
+  assert main(["migrate", str(tmp_path / "src"), str(tmp_path / "afile"), "--quiet",
+               "--mode", "untargeted"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: ") and "is a file" in err[-1]
+
+
+def test_empty_pool_folder(tmp_path, capsys):
+  (tmp_path / "pool").mkdir()
+  assert main(["cloak", "--samples", "-o", str(tmp_path / "out"), "--quiet",
+               "--pool", str(tmp_path / "pool")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: ") and "no identity subfolders" in err[-1]
+
+
+@pytest.fixture()
+def tiny_disk(tmp_path):
+  """A real 160 KB filesystem (tmpfs), where mounting is allowed (root, as in CI)."""
+  import subprocess
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(disk)],
+                     capture_output=True)
+  if r.returncode != 0:
+    pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+  try:
+    yield disk
+  finally:
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_full_disk_during_migrate_is_one_error_line(tmp_path, tiny_disk, faces_dir, capsys):
+  src = tmp_path / "src"
+  for d in sorted(p for p in faces_dir.iterdir() if p.is_dir())[:2]:
+    for f in sorted(d.glob("*.jpg"))[:8]:  # ~16 x 15 KB: more than the disk holds
+      (src / d.name).mkdir(parents=True, exist_ok=True)
+      (src / d.name / f.name).write_bytes(f.read_bytes())
+  before = {p: p.read_bytes() for p in src.rglob("*.jpg")}
+  code = main(["migrate", str(src), str(tiny_disk / "dst"), "--quiet", "--mode", "untargeted",
+               "--extractors", "dlib", "--views", "0", "--steps", "1", "--max-region", "64",
+               "--chunk", "4"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2
+  assert err[-1].startswith("error: ") and "No space left" in err[-1] and "rerun" in err[-1]
+  assert {p: p.read_bytes() for p in src.rglob("*.jpg")} == before  # originals untouched

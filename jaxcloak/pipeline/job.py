@@ -120,6 +120,8 @@ class Job:
     rs, rd = self.src.resolve(), self.dst.resolve()
     if rd == rs or rd.is_relative_to(rs) or (self.src.is_dir() and rs.is_relative_to(rd)):
       raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
+    if self.dst.exists() and not self.dst.is_dir():
+      raise MigrateError(f"{self.dst}: is a file; DST must be a folder (created if missing)")
     self.meta = self.dst / META_DIR
     self.meta.mkdir(parents=True, exist_ok=True)
     self.state = State(self.meta / "state.json")
