@@ -52,6 +52,7 @@ _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or 
     "experiments": ("experiments", str), "budgets": ("budgets", float),
     "leaks": ("leaks", float), "transforms": ("transforms", str), "user_names": ("user_names", str),
     "focus_trackers": ("focus_trackers", str), "transfer_models": ("transfer_models", str),
+    "held_out": ("held_out", str),
     "tracker_pipelines": ("tracker_pipelines", str),
 }
 _SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos", "background",
@@ -115,6 +116,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--transfer-models",
                  help="comma list of models left out in turn by the transfer experiment "
                       "(default: every registered extractor)")
+  g.add_argument("--held-out", help="comma list: run only these leave-one-out folds (the "
+                 "others' cloaks are not made), e.g. to finish a run that stopped")
   g.add_argument("--focus-trackers",
                  help="trackers for the costly transforms and finetune experiments "
                       "(default: the white-box ones, whose extractor is in the base user model)")

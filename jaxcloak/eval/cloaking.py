@@ -86,9 +86,19 @@ class CloakRunner:
     self._done: dict[tuple[CloakConfig, str], Cloaked] = {}
     self.compile_seconds: dict[str, float] = {}
 
-  def cloaker(self, config: CloakConfig) -> Cloaker:
+  @staticmethod
+  def _shared(config: CloakConfig) -> CloakConfig:
     # Budget and target choice are data to the compiled loop (or used outside it).
-    shared = dataclasses.replace(config, budget=0.5, target_choice="max", target_top_k=5)
+    return dataclasses.replace(config, budget=0.5, target_choice="max", target_top_k=5)
+
+  def release(self, config: CloakConfig) -> None:
+    """Drops a config's engine and its compiled programs once no step needs them: a long
+    eval compiles thousands of programs, and each holds memory maps (the kernel's
+    per-process limit, vm.max_map_count = 65530 by default, ended earlier runs)."""
+    self._cloakers.pop(self._shared(config), None)
+
+  def cloaker(self, config: CloakConfig) -> Cloaker:
+    shared = self._shared(config)
     base = self._cloakers.get(shared)
     if base is None:
       base = Cloaker(shared, weights_dir=self.weights_dir)

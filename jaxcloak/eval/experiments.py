@@ -113,6 +113,7 @@ class Settings:
   # jaxcloak.models.EXTRACTORS, so newly ported models join by themselves) and
   # the tracker pipelines each held-out model is measured through.
   transfer_models: tuple[str, ...] | None = None
+  held_out: tuple[str, ...] | None = None  # only these folds (None: every one), e.g. to finish a run
   tracker_pipelines: tuple[str, ...] = pipelines.PIPELINES
   # Knobs: each a space-separated list of CloakConfig FIELD=VALUE applied to
   # the base cloak (config.parse_field; e.g. "views=1 view_kinds=blur").
@@ -406,6 +407,10 @@ class Evaluation:
                        f"(use {', '.join(pipelines.PIPELINES)})")
     if "transfer" in s.experiments:
       leave_one_out(s.transfer_set())
+      stray = sorted(set(s.held_out or ()) - set(s.transfer_set()))
+      if stray:
+        raise ValueError(f"--held-out {', '.join(stray)}: not among the transfer models "
+                         f"({', '.join(s.transfer_set())})")
     if "knobs" in s.experiments:
       for k in s.knobs:
         s.knob_config(k)  # a bad knob fails before any work
@@ -454,6 +459,8 @@ class Evaluation:
     white = s.base_config("+".join(everyone))
     self.info["transfer_models"] = list(everyone)
     for fold in folds:
+      if s.held_out and fold.held_out not in s.held_out:
+        continue
       transfer = s.base_config("+".join(fold.transfer))
       for u in self.users:
         roles = []
@@ -479,6 +486,7 @@ class Evaluation:
               self.record("transfer", config, f"{role}: cloak {'+'.join(members)}", u, tr, kind,
                           self.track(tr, kind, u, [c.sample for c in rows]), **extra)
       self.quality("transfer", transfer)
+      self.runner.release(transfer)  # never used again
       self._checkpoint()  # each fold reported as it ends
     self.quality("transfer", white)
     self.info["tracker_pipelines"] = self.features.pipelines.stats()
