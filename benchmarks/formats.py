@@ -53,7 +53,7 @@ def main() -> None:
     for p in sources:
       b = io.BytesIO()
       Image.open(p).convert("RGB").save(b, fmt, **kw)
-      (src / (p.stem + suffix)).write_bytes(b.getvalue())
+      (src / (p.parent.name + suffix)).write_bytes(b.getvalue())  # LFW names repeat
     out = work / fmt / "out"
     summary = cloak_photos(cloaker, collect_photos([src.parent]), out, progress=False,
                            log=lambda m: None)
@@ -62,6 +62,8 @@ def main() -> None:
     loop = np.array([f["self_distance"] for f in faces])
     written = np.array([f["features"]["dlib"]["self_distance"] for f in faces])
     fooled = np.array([f["features"]["dlib"]["fooled"] for f in faces])
+    size_in = sum(p.stat().st_size for p in src.iterdir())
+    size_out = sum(p.stat().st_size for p in (out / "user").iterdir())
     print(json.dumps({
         "format": fmt, "preset": args.preset, "photos": len(sources),
         "cloaked": summary["by_status"].get("cloaked", 0), "faces": len(faces),
@@ -69,7 +71,8 @@ def main() -> None:
         "loop_self_distance": round(float(loop.mean()), 4) if len(faces) else None,
         "written_self_distance": round(float(written.mean()), 4) if len(faces) else None,
         "survives": round(float((written / loop).mean()), 3) if len(faces) else None,
-        "dlib_fooled": round(float(fooled.mean()), 3) if len(faces) else None}), flush=True)
+        "dlib_fooled": round(float(fooled.mean()), 3) if len(faces) else None,
+        "bytes_out_vs_in": round(size_out / size_in, 2)}), flush=True)
 
 
 if __name__ == "__main__":
