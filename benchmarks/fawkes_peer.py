@@ -1,20 +1,23 @@
-"""The official Fawkes (PyPI fawkes==1.0.4) end to end per photo, FaceNet as its extractor.
+"""The official Fawkes (PyPI fawkes==1.0.4) end to end, FaceNet as its extractor.
 
-  .venv-ref/bin/python benchmarks/fawkes_peer.py PHOTO... --out DIR [--mode low]
+  .venv-ref/bin/python benchmarks/fawkes_peer.py PHOTO... --out DIR [--mode low] [--batch-size 8]
 
-Run by `benchmarks/cloak.py --fawkes` in the TensorFlow venv (.venv-ref; see
-there). Each photo is copied into --out (Fawkes writes `<name>_cloaked.png`
-beside its input) and cloaked by one `Fawkes.run_protection([photo])` call,
-as its CLI does with batch size 1: Fawkes' own loading, MTCNN detection and
-square crops (112x112), its mode settings (low: DSSIM 0.004, 40 Adadelta
-steps at lr 25; mid: 0.012, 75, 20; high: 0.017, 150, 15), its untargeted
-loss (`maximize`, the CLI's sd 1e6), merge and PNG writing. One JSON line per
-photo (wall and process CPU seconds, faces) and a summary line; Fawkes' own
-prints go to stderr.
+Run by `benchmarks/peer.py` and `benchmarks/cloak.py --fawkes` in the
+TensorFlow venv (.venv-ref; `benchmarks/peer.py` builds it). Each photo is
+copied into --out (Fawkes writes `<name>_cloaked.png` beside its input), and
+the photos are cloaked --batch-size at a time, one `Fawkes.run_protection(chunk,
+batch_size=B)` call per chunk, as its CLI does with `--batch-size B` (its
+default is 1): Fawkes' own loading, MTCNN detection and square crops
+(112x112), its mode settings (low: DSSIM 0.004, 40 Adadelta steps at lr 25;
+mid: 0.012, 75, 20; high: 0.017, 150, 15), its untargeted loss (`maximize`,
+the CLI's sd 1e6), merge and PNG writing. One JSON line per photo (its chunk's
+wall and process CPU seconds shared evenly, faces, the output file) and a
+summary line; Fawkes' own prints go to stderr.
 
 Setup in .venv-ref (Fawkes pins TF 2.4 / Keras 2; --no-deps keeps TF 2.21,
 Keras 3 and NumPy 2 as they are):
 
+  pip install "tensorflow-cpu==2.21.*" h5py
   pip install --no-deps fawkes==1.0.4 mtcnn==0.1.1 pillow==13.0.0 \\
       opencv-python-headless==5.0.0.93 tf-keras==2.21.0
 
@@ -131,6 +134,8 @@ def main() -> None:
   parser.add_argument("--out", type=Path, required=True, help="folder for copies and outputs")
   parser.add_argument("--mode", default="low", choices=["low", "mid", "high"])
   parser.add_argument("--h5", type=Path, help="facenet_keras_2024.h5 (default: from the wheel)")
+  parser.add_argument("--batch-size", type=int, default=1,
+                      help="photos per run_protection call and per optimisation batch")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
   np.random.seed(args.seed)  # Fawkes draws its initial modifier with np.random
@@ -149,39 +154,51 @@ def main() -> None:
   faces = []
 
   class CountingFaces(fawkes.protection.Faces):
-    """Fawkes' Faces, noting how many faces each photo gave."""
+    """Fawkes' Faces, noting how many faces each photo of a chunk gave."""
 
-    def __init__(self, *a, **k):
-      super().__init__(*a, **k)
-      faces.append(len(self.cropped_faces))
+    def __init__(self, image_paths, *a, **k):
+      super().__init__(image_paths, *a, **k)
+      faces.extend(np.bincount(np.asarray(self.callback_idx, np.int64),
+                               minlength=len(image_paths)).tolist())
 
   fawkes.protection.Faces = CountingFaces
   walls, cpus, done = [], [], 0
-  for i, src in enumerate(args.photos):  # one run_protection per photo, as the CLI's batch 1
-    dst = args.out / f"{i:03d}_{src.parent.name}_{src.name}"
-    shutil.copyfile(src, dst)
+  b = args.batch_size
+  for start in range(0, len(args.photos), b):  # one run_protection per chunk, as the CLI's
+    chunk = []
+    for i, src in enumerate(args.photos[start:start + b], start):
+      dst = args.out / f"{i:03d}_{src.parent.name}_{src.name}"
+      shutil.copyfile(src, dst)
+      chunk.append((src, dst))
     seen = len(faces)
     t, c = time.perf_counter(), time.process_time()
     with contextlib.redirect_stdout(sys.stderr):
-      status = protector.run_protection([str(dst)], sd=1e6, batch_size=1, format="png")
-    walls.append(time.perf_counter() - t)
-    cpus.append(time.process_time() - c)
-    out = dst.with_name(dst.stem + "_cloaked.png")
-    done += out.exists()
-    print(json.dumps(dict(peer="fawkes", photo=f"{src.parent.name}/{src.name}", seconds=walls[-1],
-                          cpu_seconds=cpus[-1], faces=faces[-1] if len(faces) > seen else 0,
-                          status=int(status), written=out.exists())), flush=True)
+      status = protector.run_protection([str(d) for _, d in chunk], sd=1e6, batch_size=b,
+                                        format="png")
+    wall, cpu = (time.perf_counter() - t) / len(chunk), (time.process_time() - c) / len(chunk)
+    counts = faces[seen:] if len(faces) > seen else [0] * len(chunk)
+    for (src, dst), n_faces in zip(chunk, counts):
+      out = dst.with_name(dst.stem + "_cloaked.png")
+      walls.append(wall)
+      cpus.append(cpu)
+      done += out.exists()
+      print(json.dumps(dict(peer="fawkes", photo=f"{src.parent.name}/{src.name}", seconds=wall,
+                            cpu_seconds=cpu, chunk=start // b, faces=int(n_faces),
+                            status=int(status), output=str(out) if out.exists() else None)),
+            flush=True)
   n = len(walls)
-  steady = walls[1:] or walls  # the first photo also pays TF's one-off kernel and trace setup
-  steady_cpu = cpus[1:] or cpus
+  # The first chunk also pays TF's one-off kernel and trace setup.
+  first = min(b, n)
+  steady = walls[first:] or walls
+  steady_cpu = cpus[first:] or cpus
   print(json.dumps(dict(
       peer="fawkes", summary=True, fawkes="1.0.4", tensorflow=tf.__version__, mode=args.mode,
       th=protector.th, max_step=protector.max_step, lr=protector.lr, extractor="facenet",
-      photos=n, written=done, faces=sum(faces), **setup,
+      batch_size=b, photos=n, written=done, faces=sum(faces), **setup,
       seconds_per_photo=sum(walls) / n, cpu_seconds_per_photo=sum(cpus) / n,
       steady_seconds_per_photo=sum(steady) / len(steady),
       steady_cpu_seconds_per_photo=sum(steady_cpu) / len(steady_cpu),
-      first_photo_s=walls[0],
+      first_chunk_s=walls[0] * first,
       maxrss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)), flush=True)
 
 
