@@ -2,8 +2,8 @@
 
   .venv-ref/bin/python benchmarks/fawkes_peer.py PHOTO... --out DIR [--mode low] [--batch-size 8]
 
-Run by `benchmarks/peer.py` and `benchmarks/cloak.py --fawkes` in the
-TensorFlow venv (.venv-ref; `benchmarks/peer.py` builds it). Each photo is
+Run by `benchmarks/peer.py` in the TensorFlow venv .venv-ref (which peer.py
+builds). Each photo is
 copied into --out (Fawkes writes `<name>_cloaked.png` beside its input), and
 the photos are cloaked --batch-size at a time, one `Fawkes.run_protection(chunk,
 batch_size=B)` call per chunk, as its CLI does with `--batch-size B` (its

@@ -219,8 +219,15 @@ def summary_rows(jax_sides: dict[str, dict], fawkes_sides: dict[str, dict]) -> l
   for mode, theirs in fawkes_sides.items():
     equal = [p for p, ours in jax_sides.items()
              if all(ours["psr"][t]["psr"] >= v["psr"] for t, v in theirs["psr"].items())]
+    # Where each preset falls short of Fawkes, in test photos (PSR is a share of ~40).
+    short = {p: {t: round((v["psr"] - ours["psr"][t]["psr"]) * v["n"], 1)
+                 for t, v in theirs["psr"].items() if ours["psr"][t]["psr"] < v["psr"]}
+             for p, ours in jax_sides.items()}
     row = dict(bench="peer", summary=True, fawkes_mode=mode, fawkes_batch=theirs["batch_size"],
-               presets_at_least_as_protective=equal)
+               presets_at_least_as_protective=equal, short_by_test_photos=short,
+               ratios={p: dict(first_run=theirs["first_run_s"] / ours["first_run_s"],
+                               steady=theirs["s_per_photo"] / ours["s_per_photo"])
+                       for p, ours in jax_sides.items()})
     if equal:
       best = min(equal, key=lambda p: jax_sides[p]["s_per_photo"])
       ours = jax_sides[best]
@@ -233,6 +240,54 @@ def summary_rows(jax_sides: dict[str, dict], fawkes_sides: dict[str, dict]) -> l
       row.update(preset=None, why="no jaxcloak preset reached Fawkes' PSR on every tracker")
     rows.append(row)
   return rows
+
+
+def markdown_table(lines: list[dict]) -> str:
+  """BUILD.md's table from a run's JSON lines: one row per side, then the summary rows."""
+  trackers = None
+  rows = []
+  for l in lines:
+    if l.get("bench") != "peer" or "psr" not in l:
+      continue
+    trackers = trackers or [t.split("/")[0] for t in l["psr"] if t.endswith("/probe")]
+    side = {"none": "no cloak", "jaxcloak": f"jaxcloak `{l.get('preset')}`",
+            "fawkes": f"Fawkes `{l.get('mode')}` (batch {l.get('batch_size')})"}[l["side"]]
+    cells = [side]
+    if l["side"] == "none":
+      cells += [""] * 5
+    else:
+      cells += [f"{l['first_run_s']:.0f} ({l['first_run_s_per_photo']:.1f})",
+                f"{l['s_per_photo']:.2f}", f"{l['cpu_s_per_photo']:.2f}",
+                f"{l['dssim_mean']:.4f} / {l['dssim_max']:.4f}",
+                f"{l['ssimulacra2_mean']:.1f} / {l['ssimulacra2_worst']:.1f}"]
+    cells += [f"{l['psr'][f'{t}/probe']['psr']:.2f} / {l['psr'][f'{t}/knn']['psr']:.2f}"
+              for t in trackers]
+    rows.append("| " + " | ".join(cells) + " |")
+  head = ["side", "first job s (s/photo)", "steady s/photo", "CPU s/photo",
+          "DSSIM mean / max (face box)", "SSIMULACRA2 mean / worst", *(trackers or [])]
+  out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *rows, ""]
+  summaries = [l for l in lines if l.get("summary")]
+  if not summaries:  # a run stopped before its summary: derive it from the side lines
+    sides = [l for l in lines if "psr" in l and "s_per_photo" in l]
+    summaries = summary_rows({l["preset"]: l for l in sides if l["side"] == "jaxcloak"},
+                             {l["mode"]: l for l in sides if l["side"] == "fawkes"})
+  for l in summaries:
+    if l.get("preset"):
+      out.append(f"- Fawkes `{l['fawkes_mode']}`: fastest jaxcloak preset at least as protective "
+                 f"on every tracker: `{l['preset']}`; {l['ratio_first_run']:.1f}x faster first "
+                 f"job, {l['ratio_steady']:.1f}x steady, {l['ratio_steady_cpu']:.1f}x CPU")
+    else:
+      out.append(f"- Fawkes `{l['fawkes_mode']}`: {l['why']}")
+    for p, miss in l.get("short_by_test_photos", {}).items():
+      r = l["ratios"][p]
+      gaps = ", ".join(f"{t} by {n:g}" for t, n in miss.items()) or "nowhere"
+      out.append(f"  - `{p}` ({r['first_run']:.1f}x first job, {r['steady']:.1f}x steady): "
+                 f"short of it (test photos) on {gaps}")
+  for l in lines:
+    if l.get("kind") == "end":
+      out.append(f"- load average (1/5/15 min) at the start {l['loadavg_start']}, "
+                 f"at the end {l['loadavg_end']}")
+  return "\n".join(out)
 
 
 def main() -> None:
@@ -249,7 +304,15 @@ def main() -> None:
   parser.add_argument("--pool-identities", type=int, default=100)
   parser.add_argument("--pool-photos", type=int, default=3)
   parser.add_argument("--keep", type=Path, help="keep the photos and outputs in this folder")
+  parser.add_argument("--table", type=Path, metavar="JSONL",
+                      help="only print the markdown table of an earlier run's output")
   args = parser.parse_args()
+  if args.table:
+    if not args.table.is_file():
+      fail(f"{args.table}: no such file")
+    print(markdown_table([json.loads(l) for l in args.table.read_text().splitlines()
+                          if l.startswith("{")]))
+    return
   presets = [p for p in args.presets.split(",") if p]
   modes = [m for m in args.fawkes_modes.split(",") if m and m != "none"]
   if not FACES.is_dir() or not POOL.is_dir():

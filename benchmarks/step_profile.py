@@ -1,6 +1,7 @@
 """Where one cloak step's time goes: the networks' own passes vs warp, SSIM, JPEG and views.
 
   .venv/bin/python benchmarks/step_profile.py [--presets low,mid] [--batch 8] [--photos 24]
+                                              [--trace DIR]
 
 For each preset with its default models, on real faces (../shared/data/faces,
 the most common region bucket):
@@ -16,13 +17,20 @@ the most common region bucket):
   rest ("other": the loop's bookkeeping, the optimiser, the fusion the pieces
   lose when cut apart) is the step minus their sum.
 One JSON line per (preset, piece) with its milliseconds and share of the step.
+With `--trace DIR`, also a jax.profiler trace of the long run (Perfetto,
+TensorBoard) and one line per HLO op kind with its share of the op time XLA
+recorded (convolutions, dots, gathers/scatters of the warp, fusions, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import gzip
+import json
 import time
+from pathlib import Path
 
 from _common import emit, load_faces, machine, matmul_peak, time_call
 
@@ -43,14 +51,35 @@ def grad_of(fn):
   return jax.jit(jax.value_and_grad(lambda x, *a: jnp.sum(fn(x, *a))))
 
 
-def loop_step_ms(extractors, config, batch, short: int, long: int) -> tuple[float, float]:
+def loop_step_ms(extractors, config, batch, short: int, long: int, trace: Path | None = None
+                 ) -> tuple[float, float]:
   """Milliseconds per loop step (long minus short run), and the long run's ms."""
   times = {}
   for steps in (short, long):
     fn = make_cloak_fn(extractors, dataclasses.replace(config, steps=steps))
     compiled = fn.fn.lower(fn.params, batch).compile()
     times[steps] = time_call(compiled, fn.params, batch, min_reps=2, min_seconds=0.5)
+  if trace is not None:
+    with jax.profiler.trace(str(trace)):
+      jax.block_until_ready(compiled(fn.params, batch))
   return 1e3 * (times[long] - times[short]) / (long - short), 1e3 * times[long]
+
+
+def hlo_op_shares(trace: Path, top: int = 15) -> list[tuple[str, float, float]]:
+  """(HLO op, ms, share of all op time) of the newest trace under `trace`, largest first.
+
+  XLA CPU records one event per executed op (thunk) with its `hlo_op` name;
+  numbered instances (fusion.12, fusion.40) are summed under one name only
+  when they are the same kind (the name before the dot).
+  """
+  newest = max(trace.glob("plugins/profile/*/*.trace.json.gz"), key=lambda f: f.stat().st_mtime)
+  ms = collections.Counter()
+  for e in json.load(gzip.open(newest))["traceEvents"]:
+    op = e.get("args", {}).get("hlo_op")
+    if e.get("ph") == "X" and op:
+      ms[op.split(".")[0]] += e["dur"] / 1e3
+  total = sum(ms.values())
+  return [(op, t, t / total) for op, t in ms.most_common(top)]
 
 
 def pieces(extractors, config, batch) -> dict[str, float]:
@@ -78,7 +107,8 @@ def pieces(extractors, config, batch) -> dict[str, float]:
     out["jpeg"] = 1e3 * time_call(jp, x)
   block = losses.block_size(x.shape[1])
   masks = jnp.asarray(batch.masks)
-  vis = grad_of(lambda y: sum(jnp.sum(t) for t in losses.visibility(y, x, masks, block)))
+  ref = losses.ssim_reference(x)  # as the loop holds it: computed once, outside the steps
+  vis = grad_of(lambda y: sum(jnp.sum(t) for t in losses.visibility(y, ref, masks, block)))
   out["ssim"] = 1e3 * time_call(vis, x * 0.99 + 0.005)
   return out
 
@@ -92,6 +122,9 @@ def main() -> None:
                       help="the simulated encode (LFW's own quality); 0: none")
   parser.add_argument("--steps-short", type=int, default=4)
   parser.add_argument("--steps-long", type=int, default=16)
+  parser.add_argument("--trace", type=Path, metavar="DIR",
+                      help="also write a jax.profiler trace of each preset's long loop run "
+                           "(open in Perfetto or TensorBoard's profile plugin)")
   args = parser.parse_args()
   peak = matmul_peak()
   emit(bench="step_profile", kind="matmul_peak", gflops_per_s=peak / 1e9, **machine())
@@ -110,7 +143,8 @@ def main() -> None:
       batch = batch._replace(local_budgets=np.full((args.batch,), config.local_budget,
                                                    np.float32))
     t = time.perf_counter()
-    step_ms, run_ms = loop_step_ms(extractors, config, batch, args.steps_short, args.steps_long)
+    step_ms, run_ms = loop_step_ms(extractors, config, batch, args.steps_short, args.steps_long,
+                                   trace=args.trace and args.trace / name)
     flops = step_flops(extractors, batch)
     parts = pieces(extractors, config, batch)
     other = step_ms - sum(parts.values())
@@ -126,6 +160,9 @@ def main() -> None:
     for piece, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
       emit(**common, piece=piece, ms=ms, share=ms / step_ms)
     emit(**common, piece="other", ms=other, share=other / step_ms)
+    if args.trace:  # the long run as XLA executed it, per HLO op kind
+      for op, ms, share in hlo_op_shares(args.trace / name):
+        emit(**common, hlo_op=op, ms_in_run=ms, share_of_op_time=share)
 
 
 if __name__ == "__main__":

@@ -182,9 +182,7 @@ class Cloaker(FaceFinder):
       return None
     off = jpeg_lib.spec_arrays(None, None)
     specs = [f.jpeg or off for f in chunk] + [off] * (b - len(chunk))
-    return jpeg_lib.JpegSpec(np.stack([s[0] for s in specs]), np.stack([s[1] for s in specs]),
-                             np.array([s[2] for s in specs], np.int32),
-                             np.array([s[3] for s in specs], bool))
+    return jpeg_lib.JpegSpec.stack(specs)
 
   def _written_objective(self, pairs, targets) -> np.ndarray:
     """Per (item, face): the goal measured on the written file (lower is better)."""

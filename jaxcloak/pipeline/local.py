@@ -93,65 +93,77 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
   n_faces = 0
   t_start = time.time()
   bar = tqdm(total=len(photos), unit="photo", disable=not progress, file=sys.stderr)
+  # Chunks run across users (each face is optimised toward its own user's target),
+  # so the compiled batches fill up: per user, a user's last batch would be mostly
+  # padding, which the loop computes like a face.
+  ordered = [p for user_photos in users.values() for p in user_photos]
+  targets: dict[str, targets_lib.Target | None] = {}
   with open(report, "a") as rep:
-    for user, user_photos in users.items():
-      target = None
-      for start in range(0, len(user_photos), chunk):
-        part = user_photos[start:start + chunk]
-        t0 = time.time()
-        items = [Item(rel, src.read_bytes(), user) for src, rel, _ in part]
-        sources = {rel: permission_bits(src.stat().st_mode) for src, rel, _ in part}
-        live = stages.decode(cloaker, items)
-        stages.detect(cloaker, live, max_faces=max_faces)
-        if targeted and target is None:
-          # One target per user, from (up to TARGET_SAMPLE of) the user's photos.
-          sample = live
-          more = user_photos[start + len(part):start + TARGET_SAMPLE]
-          if len(part) < TARGET_SAMPLE and more:
-            extra = stages.decode(cloaker, [Item(r, s.read_bytes(), user) for s, r, _ in more])
-            cloaker.detect(extra)
-            sample = live + extra
-          target = stages.choose_targets(cloaker, sample, pool)[0].get(user)
-        stages.cloak(cloaker, live, {user: target})
-        # Feature shift measured on the written, re-decoded files.
-        done = [(it, f) for it in items if it.status == "cloaked" for f in it.faces
-                if f.status == "cloaked"]
-        orig = cloaker.region_features([f.region for _, f in done])
-        written = cloaker.region_features(
-            [regions_lib.recut(f.region, it.written_rgb) for it, f in done])
-        per_face = {id(f): i for i, (_, f) in enumerate(done)}
-        elapsed = (time.time() - t0) / max(1, len(items))
-        for it in items:
-          out_name = it.name  # the format is kept, so is the name
-          if it.output is None:
-            data = it.data  # exact copy: never a damaged or partial photo
-            if it.status == "pending":
-              it.status = "no_face"
-          else:
-            data = it.output
-          atomic_write(out_dir / out_name, data, sources[it.name])
-          faces_rec = []
-          for f in it.faces:
-            i = per_face.get(id(f))
-            of = {e: orig[e][i] for e in orig} if i is not None else None
-            wf = {e: written[e][i] for e in written} if i is not None else None
-            faces_rec.append(_face_record(f, target.features if target else None, of, wf,
-                                          cloaker.extractors))
-            if f.status == "cloaked" and "dssim" in f.stats:
-              dssims.append(f.stats["dssim"])
-          n_faces += len(it.faces)
-          counts[it.status] = counts.get(it.status, 0) + 1
-          rec = {"input": it.name, "output": out_name, "user": user, "status": it.status,
-                 "message": it.message or None, "faces": faces_rec,
-                 "notes": it.notes + (it.photo.notes if it.photo else []),
-                 "target": target.name if target else None,
-                 "mode": config.mode, "budget": config.budget,
-                 "seconds": round(elapsed, 3)}
-          rep.write(json.dumps(rec) + "\n")
-          rep.flush()
-          if it.message and it.status != "cloaked":
-            bar.write(it.message) if progress else log(it.message)
-        bar.update(len(items))
+    for start in range(0, len(ordered), chunk):
+      part = ordered[start:start + chunk]
+      t0 = time.time()
+      items = [Item(rel, src.read_bytes(), who) for src, rel, who in part]
+      sources = {rel: permission_bits(src.stat().st_mode) for src, rel, _ in part}
+      live = stages.decode(cloaker, items)
+      stages.detect(cloaker, live, max_faces=max_faces)
+      new_users = [u for u in dict.fromkeys(who for _, _, who in part) if u not in targets]
+      if targeted and new_users:
+        # One target per user, from up to TARGET_SAMPLE of the user's photos from here on.
+        sample = [it for it in live if it.user in new_users]
+        more = []
+        for u in new_users:
+          mine = [q for q in part if q[2] == u]
+          first = users[u].index(mine[0])
+          ahead = users[u][first + len(mine):first + TARGET_SAMPLE]
+          more += [Item(r, src.read_bytes(), u) for src, r, _ in ahead]
+        if more:
+          extra = stages.decode(cloaker, more)
+          cloaker.detect(extra)
+          sample += extra
+        chosen, _ = stages.choose_targets(cloaker, sample, pool)
+        # A user with no usable face yet tries again with the next chunk's photos.
+        targets.update({u: t for u, t in chosen.items() if t is not None})
+      stages.cloak(cloaker, live, targets)
+      # Feature shift measured on the written, re-decoded files.
+      done = [(it, f) for it in items if it.status == "cloaked" for f in it.faces
+              if f.status == "cloaked"]
+      orig = cloaker.region_features([f.region for _, f in done])
+      written = cloaker.region_features(
+          [regions_lib.recut(f.region, it.written_rgb) for it, f in done])
+      per_face = {id(f): i for i, (_, f) in enumerate(done)}
+      elapsed = (time.time() - t0) / max(1, len(items))
+      for it in items:
+        out_name = it.name  # the format is kept, so is the name
+        if it.output is None:
+          data = it.data  # exact copy: never a damaged or partial photo
+          if it.status == "pending":
+            it.status = "no_face"
+        else:
+          data = it.output
+        atomic_write(out_dir / out_name, data, sources[it.name])
+        target = targets.get(it.user)
+        faces_rec = []
+        for f in it.faces:
+          i = per_face.get(id(f))
+          of = {e: orig[e][i] for e in orig} if i is not None else None
+          wf = {e: written[e][i] for e in written} if i is not None else None
+          faces_rec.append(_face_record(f, target.features if target else None, of, wf,
+                                        cloaker.extractors))
+          if f.status == "cloaked" and "dssim" in f.stats:
+            dssims.append(f.stats["dssim"])
+        n_faces += len(it.faces)
+        counts[it.status] = counts.get(it.status, 0) + 1
+        rec = {"input": it.name, "output": out_name, "user": it.user, "status": it.status,
+               "message": it.message or None, "faces": faces_rec,
+               "notes": it.notes + (it.photo.notes if it.photo else []),
+               "target": target.name if target else None,
+               "mode": config.mode, "budget": config.budget,
+               "seconds": round(elapsed, 3)}
+        rep.write(json.dumps(rec) + "\n")
+        rep.flush()
+        if it.message and it.status != "cloaked":
+          bar.write(it.message) if progress else log(it.message)
+      bar.update(len(items))
   bar.close()
   seconds = time.time() - t_start
   return {"photos": len(photos), "by_status": counts, "faces": n_faces,
