@@ -182,6 +182,12 @@ def _embed(args) -> int:
   return 0
 
 
+def _path_or_url(text: str) -> Path | str:
+  """A local path, or an fsspec URL kept as typed (Path would fold its '//')."""
+  from jaxcloak.pipeline.sources import is_url
+  return text if is_url(text) else Path(text)
+
+
 def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
   from jaxcloak.faces import io as photo_io
   from jaxcloak.pipeline.job import Options
@@ -189,7 +195,9 @@ def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
       "migrate", help="cloak a whole archive (folder, .zip or .tar) into DST, resumably",
       description="Cloak a whole photo archive (folder, .zip or .tar) into DST, resumably, "
       "losing nothing: every input gets one output and one manifest record.")
-  p.add_argument("src", type=Path, help="folder, .zip or .tar(.gz) archive (only read)")
+  p.add_argument("src", type=_path_or_url,
+                 help="folder, .zip or .tar(.gz) archive, or an fsspec URL of a folder of "
+                      "objects (s3://bucket/photos, with s3fs installed); only read")
   p.add_argument("dst", type=Path, help="output folder (same layout; manifest in DST/.jaxcloak)")
   p.add_argument("--pool", type=Path, help="target pool: folder of identity subfolders")
   p.add_argument("--user", help="one user id for all photos (default: top-level folder)")
@@ -282,8 +290,8 @@ def _migrate_check(args, config, log) -> dict:
   """`--check`: every ported recognizer's verdict on DST's photos (folder SRC only)."""
   from jaxcloak import protection
   from jaxcloak.pipeline import migrate as migrate_lib
-  if not Path(args.src).is_dir():
-    log("--check: SRC is an archive; run `jaxcloak check` on an extracted copy")
+  if isinstance(args.src, str) or not Path(args.src).is_dir():
+    log("--check: SRC is an archive or URL; run `jaxcloak check` on a local copy")
     return {"skipped": "archive SRC"}
   result = protection.check(args.src, args.dst, Path(args.dst) / migrate_lib.META_DIR / "check",
                        cloaked_with=config.extractors, weights_dir=args.weights_dir)

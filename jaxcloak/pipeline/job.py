@@ -28,7 +28,7 @@ import numpy as np
 from jaxcloak.pipeline.manifest import Manifest, State, sha256_bytes, sha256_file
 from jaxcloak.pipeline.outputs import READ_ERRORS, copy_large, unreadable, write_output
 from jaxcloak.pipeline.records import Task, error_results
-from jaxcloak.pipeline.sources import Entry, SourceError, walk
+from jaxcloak.pipeline.sources import Entry, SourceError, is_url, url_filesystem, walk
 from jaxcloak.pipeline.stages import MAX_FACES, StageError
 
 META_DIR = ".jaxcloak"
@@ -113,13 +113,29 @@ class Job:
 
   def __init__(self, src: Path, dst: Path, config, options: Options = Options(), *,
                log: Callable[[str], None] = print):
-    self.src, self.dst = Path(src), Path(dst)
+    # SRC: a local path, or an fsspec URL whose objects workers read themselves.
+    self.src = str(src) if is_url(str(src)) else Path(src)
+    self.dst = Path(dst)
     self.config, self.options, self.log = config, options, log
-    if not self.src.exists():
-      raise MigrateError(f"{self.src}: no such folder or archive")
-    rs, rd = self.src.resolve(), self.dst.resolve()
-    if rd == rs or rd.is_relative_to(rs) or (self.src.is_dir() and rs.is_relative_to(rd)):
-      raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
+    if is_url(str(dst)):
+      raise MigrateError(f"{dst}: DST must be a folder on a filesystem every worker sees "
+                         "(mount the bucket); only SRC may be a URL")
+    rd = self.dst.resolve()
+    if isinstance(self.src, str):
+      fs, root = url_filesystem(self.src)
+      if not fs.isdir(root):
+        raise MigrateError(f"{self.src}: no such folder (prefix) of objects")
+      rs = self.src
+      protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+      local = "file" in protocols or "local" in protocols
+      if local and (rd == Path(root).resolve() or rd.is_relative_to(Path(root).resolve())):
+        raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
+    else:
+      if not self.src.exists():
+        raise MigrateError(f"{self.src}: no such folder or archive")
+      rs = self.src.resolve()
+      if rd == rs or rd.is_relative_to(rs) or (self.src.is_dir() and rs.is_relative_to(rd)):
+        raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
     if self.dst.exists() and not self.dst.is_dir():
       raise MigrateError(f"{self.dst}: is a file; DST must be a folder (created if missing)")
     self.meta = self.dst / META_DIR

@@ -1,11 +1,13 @@
-"""The inputs of a migration: every file of a folder, or member of a .zip or .tar, safely.
+"""The inputs of a migration: every file of a folder, object under a URL, or member of a
+.zip or .tar, safely.
 
 Walking decides what needs no reading (unsafe member names, links that leave
 SRC, devices, duplicate names) and gives each readable input an `Entry`. An
 entry's `locator` names its bytes so that another process can read them itself
-(a Ray worker on a node that sees the same filesystem): a file path, or a zip
-path and member. Tar members have none: a tar is one stream, read by whoever
-walks it.
+(a Ray worker on a node that sees the same filesystem): a file path, an fsspec
+URL (`s3://bucket/photos/...`, `gs://`, `file://`; the filesystem's package,
+e.g. s3fs, installed), or a zip path and member. Tar members have none: a tar
+is one stream, read by whoever walks it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
+
+import fsspec
 
 from jaxcloak.files import permission_bits
 
@@ -36,7 +40,7 @@ class Entry:
   message: str = ""
   notes: list = dataclasses.field(default_factory=list)
   mode: int | None = None  # the source's permission bits, given to its output
-  locator: tuple | None = None  # ("file", path) | ("zip", archive, member offset)
+  locator: tuple | None = None  # ("file", path) | ("url", url) | ("zip", archive, member offset)
 
 
 def open_locator(locator: tuple):
@@ -44,6 +48,8 @@ def open_locator(locator: tuple):
   kind, path, *member = locator
   if kind == "file":
     return open(path, "rb")
+  if kind == "url":
+    return fsspec.open(path, "rb").open()
   if kind == "zip":
     zf, by_offset = _zip_index(path)
     return zf.open(by_offset[member[0]])
@@ -191,7 +197,42 @@ def walk_tar(path: Path) -> Iterator[Entry]:
         yield Entry(rel, m.size, open=lambda m=m: tf.extractfile(m), mode=permission_bits(m.mode))
 
 
-def walk(src: Path, *, exclude: Sequence[Path] = ()) -> Iterator[Entry]:
+def is_url(src) -> bool:
+  """An fsspec URL (protocol://...), as opposed to a local path."""
+  return isinstance(src, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", src) is not None
+
+
+def url_filesystem(url: str):
+  """(fsspec filesystem, root path without protocol) of a URL; SourceError if unusable."""
+  try:
+    fs, root = fsspec.core.url_to_fs(url)
+  except (ImportError, ValueError) as e:  # unknown protocol, or its package not installed
+    raise SourceError(f"{url}: {e}") from None
+  return fs, root.rstrip("/")
+
+
+def walk_url(url: str) -> Iterator[Entry]:
+  """Every object under an fsspec URL, in sorted order; names are checked like archive
+  members (an object key may hold '..')."""
+  fs, root = url_filesystem(url)
+  if not fs.isdir(root):
+    raise SourceError(f"{url}: not a folder (prefix) of objects")
+  for path, info in sorted(fs.find(root, detail=True).items()):
+    if info.get("type", "file") != "file":
+      continue
+    key = path[len(root):].lstrip("/")
+    rel, why = safe_member_name(key)
+    if rel is None:
+      yield Entry(key, info.get("size"), status="unsafe_path",
+                  message=f"{key!r}: {why}; never written outside DST")
+      continue
+    yield Entry(rel, info.get("size"), open=lambda p=path: fs.open(p, "rb"),
+                locator=("url", fs.unstrip_protocol(path)))
+
+
+def walk(src: Path | str, *, exclude: Sequence[Path] = ()) -> Iterator[Entry]:
+  if is_url(src):
+    return walk_url(src)
   src = Path(src)
   if src.is_dir():
     return walk_dir(src, exclude=exclude)
@@ -204,6 +245,9 @@ def walk(src: Path, *, exclude: Sequence[Path] = ()) -> Iterator[Entry]:
 
 def count_entries(src: Path) -> int | None:
   """Number of inputs, for the progress bar (None for a tar, which would need a full read)."""
+  if is_url(src):
+    fs, root = url_filesystem(src)
+    return len(fs.find(root))
   src = Path(src)
   if src.is_dir():
     return sum(len(files) + sum(os.path.islink(os.path.join(d, x)) for x in dirs)

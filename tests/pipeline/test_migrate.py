@@ -378,3 +378,32 @@ def test_outputs_keep_their_inputs_permission_bits(tmp_path, faces_dir, cloaker)
               make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   assert records(tmp_path / "dst2")["v/face.jpg"]["status"] == "cloaked"
   assert mode(tmp_path / "dst2/v/face.jpg") == 0o664
+
+
+def test_src_by_url_migrates_like_the_same_folder(tmp_path, faces_dir, cloaker):
+  """An fsspec URL SRC (here memory://, which no local path can stand for) gives the same
+  outputs and statuses as the same files in a folder; an object key climbing out is refused."""
+  import fsspec
+  face = corpus.jpeg(corpus.face_image(faces_dir), quality=90)
+  files = {"erin/face.jpg": face, "erin/notes.txt": b"not a photo", "frank/face.jpg": face[::-1]}
+  fs = fsspec.filesystem("memory")
+  for rel, data in files.items():
+    fs.pipe(f"/src-{os.getpid()}/{rel}", data)
+    corpus.write(tmp_path / "src", rel, data)
+  url = f"memory://src-{os.getpid()}"
+  by_url = mig.migrate(url, tmp_path / "url", CONFIG, options=OPTIONS,
+                       make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+  mig.migrate(tmp_path / "src", tmp_path / "dir", CONFIG, options=OPTIONS,
+              make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+  got, want = records(tmp_path / "url"), records(tmp_path / "dir")
+  assert {k: r["status"] for k, r in got.items()} == {k: r["status"] for k, r in want.items()}
+  assert got["erin/face.jpg"]["status"] == "cloaked" and by_url["inputs"] == 3
+  for rel in files:
+    assert (tmp_path / "url" / rel).read_bytes() == (tmp_path / "dir" / rel).read_bytes(), rel
+  assert fs.cat(f"/src-{os.getpid()}/erin/face.jpg") == face  # SRC only read
+  with pytest.raises(mig.MigrateError, match="no such folder"):
+    mig.migrate("memory://no-such-prefix", tmp_path / "x", CONFIG, options=OPTIONS,
+                make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+  with pytest.raises(mig.MigrateError, match="only SRC may be a URL"):
+    mig.migrate(url, "memory://dst", CONFIG, options=OPTIONS,
+                make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
