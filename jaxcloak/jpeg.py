@@ -15,9 +15,9 @@ photo's MCU grid (`regions.face_region(grid=...)`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,26 +28,18 @@ from PIL import Image, JpegImagePlugin
 SUBSAMPLING = {0: (1, 1), 1: (1, 2), 2: (2, 2)}
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["luma", "chroma", "subsampling", "on"], meta_fields=["shared"])
-@dataclasses.dataclass(frozen=True)
-class JpegSpec:
+class JpegSpec(NamedTuple):
   """Per batch item: the tables and subsampling its output is written with."""
   luma: jax.Array  # [b, 8, 8] quantisation steps, natural (row-major) order
   chroma: jax.Array  # [b, 8, 8]
   subsampling: jax.Array  # [b] int: PIL code 0 (4:4:4), 1 (4:2:2), 2 (4:2:0)
   on: jax.Array  # [b] bool: False for items not written as JPEG
-  # The subsampling every item written as JPEG shares, known when tracing (None:
-  # mixed). Static, so only that variant's chroma is simulated, not all three.
-  shared: int | None = None
 
   @classmethod
   def stack(cls, specs) -> "JpegSpec":
     """One batch's spec from per-item (luma, chroma, subsampling, on) tuples."""
-    codes = {int(s[2]) for s in specs if s[3]}
     return cls(np.stack([s[0] for s in specs]), np.stack([s[1] for s in specs]),
-               np.array([s[2] for s in specs], np.int32), np.array([s[3] for s in specs], bool),
-               codes.pop() if len(codes) == 1 else (2 if not codes else None))
+               np.array([s[2] for s in specs], np.int32), np.array([s[3] for s in specs], bool))
 
 
 def mcu_size(subsampling: int) -> int:
@@ -164,9 +156,5 @@ def apply(x: jax.Array, spec: JpegSpec | None) -> jax.Array:
   """[b, H, W, 3] batch -> simulated JPEG decode where `spec.on`, else unchanged."""
   if spec is None:
     return x
-  if spec.shared is None:
-    y = jax.vmap(round_trip)(x, spec.luma, spec.chroma, spec.subsampling)
-  else:
-    one = functools.partial(round_trip, subsampling=spec.shared)
-    y = jax.vmap(one)(x, spec.luma, spec.chroma)
+  y = jax.vmap(round_trip)(x, spec.luma, spec.chroma, spec.subsampling)
   return jnp.where(spec.on[:, None, None, None], y, x)

@@ -6,8 +6,6 @@ values [b] so the caller reduces once.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import dm_pix
 import jax
 import jax.numpy as jnp
@@ -41,43 +39,9 @@ def separable_gaussian(x: jax.Array) -> jax.Array:
   return jnp.einsum("pw,...owc->...opc", _band(w, taps), x, precision="highest")
 
 
-class SsimReference(NamedTuple):
-  """The reference side of SSIM, filtered once: in the cloak loop the original is
-  fixed, so only the iterate's three filtered planes are computed per step."""
-  image: jax.Array  # [b, h, w, c]
-  mean: jax.Array  # [b, h-10, w-10, c] windowed mean
-  sq_mean: jax.Array  # windowed mean of the square
-
-
-def ssim_reference(b: jax.Array) -> SsimReference:
-  mean, sq_mean = jnp.split(separable_gaussian(jnp.concatenate([b, b * b], axis=-1)), 2, axis=-1)
-  return SsimReference(b, mean, sq_mean)
-
-
-def ssim_map(a: jax.Array, ref: SsimReference | jax.Array) -> jax.Array:
-  """dm_pix's SSIM map (11x11 Gaussian, sigma 1.5, k1 0.01, k2 0.03, max 1) of a against ref.
-
-  The iterate's mean, square mean and cross mean go through the filter as one
-  stacked array: one pair of matmuls per step instead of five.
-  """
-  ref = ref if isinstance(ref, SsimReference) else ssim_reference(ref)
-  mu0, m00, m01 = jnp.split(separable_gaussian(
-      jnp.concatenate([a, a * a, a * ref.image], axis=-1)), 3, axis=-1)
-  mu1 = ref.mean
-  mu00, mu11, mu01 = mu0 * mu0, mu1 * mu1, mu0 * mu1
-  eps = jnp.finfo(jnp.float32).eps ** 2  # dm_pix's clipping of (co)variances
-  sigma00 = jnp.maximum(eps, m00 - mu00)
-  sigma11 = jnp.maximum(eps, ref.sq_mean - mu11)
-  sigma01 = m01 - mu01
-  sigma01 = jnp.sign(sigma01) * jnp.minimum(jnp.sqrt(sigma00 * sigma11), jnp.abs(sigma01))
-  c1, c2 = 0.01 ** 2, 0.03 ** 2
-  return ((2 * mu01 + c1) * (2 * sigma01 + c2)) / ((mu00 + mu11 + c1) * (sigma00 + sigma11 + c2))
-
-
-def ssim(a: jax.Array, b: SsimReference | jax.Array, *, return_map: bool = False) -> jax.Array:
-  """dm_pix SSIM (its defaults) per image, or its map, with the fast filter."""
-  m = ssim_map(a, b)
-  return m if return_map else jnp.mean(m, axis=(-3, -2, -1))
+def ssim(a: jax.Array, b: jax.Array, *, return_map: bool = False) -> jax.Array:
+  """dm_pix SSIM (defaults: 11x11 Gaussian, sigma 1.5, k1 0.01, k2 0.03) with the fast filter."""
+  return dm_pix.ssim(a, b, return_map=return_map, filter_fn=separable_gaussian)
 
 
 SSIM_WINDOW = 11  # dm_pix's default filter size
@@ -96,7 +60,8 @@ def window_mask(mask: jax.Array) -> jax.Array:
 
 def _masked_ssim_map(a, b, mask):
   """SSIM map [b, h-10, w-10] (mean over channels) and the region mask on its windows."""
-  return jnp.mean(ssim_map(a, b), axis=-1), window_mask(mask)  # 'valid' windows
+  ssim_map = jnp.mean(ssim(a, b, return_map=True), axis=-1)  # 'valid' windows
+  return ssim_map, window_mask(mask)
 
 
 def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -112,8 +77,8 @@ def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Arra
   """
   if mask is None:
     return (1.0 - ssim(a, b)) / 2.0
-  smap, m = _masked_ssim_map(a, b, mask)
-  mean_ssim = jnp.sum(smap * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
+  ssim_map, m = _masked_ssim_map(a, b, mask)
+  mean_ssim = jnp.sum(ssim_map * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
   return (1.0 - mean_ssim) / 2.0
 
 
@@ -126,18 +91,18 @@ def visibility(a: jax.Array, b: jax.Array, mask: jax.Array, block: int
   least half inside the region; the others read 0) bounds that.
 
   Args:
-    a, b: [b, h, w, c] in [0, 1]; b may be given as its `ssim_reference`.
+    a, b: [b, h, w, c] in [0, 1].
     mask: [b, h, w], 1 inside the region (same rule as `dssim`).
     block: tile side in pixels.
   Returns:
     ([b] mean DSSIM, [b, th, tw] tile DSSIM); the worst block is the tiles' max.
   """
-  smap, m = _masked_ssim_map(a, b, mask)
-  mean = jnp.sum(smap * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
-  n, h, w = smap.shape
+  ssim_map, m = _masked_ssim_map(a, b, mask)
+  mean = jnp.sum(ssim_map * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
+  n, h, w = ssim_map.shape
   th, tw = -(-h // block), -(-w // block)
   pad = ((0, 0), (0, th * block - h), (0, tw * block - w))
-  d = jnp.pad((1.0 - smap) / 2.0 * m, pad).reshape(n, th, block, tw, block)
+  d = jnp.pad((1.0 - ssim_map) / 2.0 * m, pad).reshape(n, th, block, tw, block)
   cover = jnp.pad(m, pad).reshape(n, th, block, tw, block)
   d, cover = jnp.sum(d, axis=(2, 4)), jnp.sum(cover, axis=(2, 4))
   tiles = jnp.where(cover >= 0.5 * block * block, d / jnp.maximum(cover, 1.0), 0.0)

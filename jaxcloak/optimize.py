@@ -207,7 +207,6 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     orig = batch.patches
     mask = batch.masks[..., None]
     block = losses.block_size(orig.shape[1])
-    ref = losses.ssim_reference(orig)  # the original's SSIM statistics, once, not per step
     w0 = losses.to_tanh_space(orig if batch.starts is None else batch.starts)
     self_feats = plain_features(params, orig, batch.affines)
     refs = list(batch.targets) if targeted else self_feats
@@ -223,7 +222,7 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
       # DSSIM stays on the raw pixels: through the simulated encode (whose float
       # arithmetic is not idempotent on a decoded JPEG, as libjpeg nearly is) its
       # penalty stalls the search. write_back checks the budget on the file.
-      return losses.visibility(x, ref, batch.masks, block)
+      return losses.visibility(x, orig, batch.masks, block)
 
     def excess(ds, tiles):
       e = losses.budget_excess(ds, batch.budgets)

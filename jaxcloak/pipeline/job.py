@@ -120,22 +120,22 @@ class Job:
     if is_url(str(dst)):
       raise MigrateError(f"{dst}: DST must be a folder on a filesystem every worker sees "
                          "(mount the bucket); only SRC may be a URL")
-    rd = self.dst.resolve()
     if isinstance(self.src, str):
       fs, root = url_filesystem(self.src)
       if not fs.isdir(root):
         raise MigrateError(f"{self.src}: no such folder (prefix) of objects")
-      rs = self.src
-      protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-      local = "file" in protocols or "local" in protocols
-      if local and (rd == Path(root).resolve() or rd.is_relative_to(Path(root).resolve())):
-        raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
+      # Only a file:// URL can overlap DST; its folder is checked like a path.
+      local = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+      src_path = Path(root) if "file" in local or "local" in local else None
+    elif not self.src.exists():
+      raise MigrateError(f"{self.src}: no such folder or archive")
     else:
-      if not self.src.exists():
-        raise MigrateError(f"{self.src}: no such folder or archive")
-      rs = self.src.resolve()
-      if rd == rs or rd.is_relative_to(rs) or (self.src.is_dir() and rs.is_relative_to(rd)):
-        raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
+      src_path = self.src
+    rd = self.dst.resolve()
+    rs = src_path.resolve() if src_path is not None else None
+    if rs is not None and (rd == rs or rd.is_relative_to(rs)
+                           or (rs.is_dir() and rs.is_relative_to(rd))):
+      raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
     if self.dst.exists() and not self.dst.is_dir():
       raise MigrateError(f"{self.dst}: is a file; DST must be a folder (created if missing)")
     self.meta = self.dst / META_DIR
@@ -143,7 +143,7 @@ class Job:
     self.state = State(self.meta / "state.json")
     recorded = {"config": _jsonable(dataclasses.asdict(config)), "options": options.recorded()}
     if self.state.data["config"] is None:
-      self.state.data.update(recorded, src=str(rs))
+      self.state.data.update(recorded, src=str(rs or self.src))
       self.state.save()
     else:
       for k, v in recorded.items():

@@ -83,17 +83,3 @@ def test_apply_leaves_items_that_are_not_jpeg_alone():
   y = np.asarray(jpeg.apply(x, spec))
   np.testing.assert_array_equal(y[1], np.asarray(x[1]))
   assert np.abs(y[0] - np.asarray(x[0])).max() > 1e-3
-
-
-def test_a_shared_subsampling_simulates_only_its_variant_with_the_same_result():
-  _, rgb = _photo()
-  x = jnp.asarray(np.stack([rgb[:64, :64], rgb[64:128, :64]]) / 255.0, jnp.float32)
-  qt = Image.open(sorted(FACES.glob("*/*.jpg"))[0]).quantization
-  for code in (0, 1, 2):
-    shared = jpeg.JpegSpec.stack([jpeg.spec_arrays(qt, code)] * 2)
-    assert shared.shared == code
-    traced = jpeg.JpegSpec(shared.luma, shared.chroma, shared.subsampling, shared.on)
-    np.testing.assert_allclose(np.asarray(jax.jit(jpeg.apply)(x, shared)),
-                               np.asarray(jax.jit(jpeg.apply)(x, traced)), atol=1e-6)
-  mixed = jpeg.JpegSpec.stack([jpeg.spec_arrays(qt, 0), jpeg.spec_arrays(qt, 2)])
-  assert mixed.shared is None
