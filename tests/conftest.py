@@ -54,3 +54,24 @@ def pool_dir() -> Path:
   if not POOL.exists():
     pytest.fail(f"target pool missing at {POOL}")
   return POOL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_cache(tmp_path_factory):
+  """One persistent XLA cache for the whole session, its subprocesses included (the CLI
+  run that is SIGKILLed, the Ray actors): a program many tests build (the same cloak
+  step in several Cloakers, CLI runs) compiles once per session. Kept out of the
+  user's ~/.cache, so a run starts cold and leaves nothing behind."""
+  import os
+  import jax
+  d = tmp_path_factory.mktemp("jax_cache")
+  old = os.environ.get("JAXCLOAK_COMPILE_CACHE")
+  os.environ["JAXCLOAK_COMPILE_CACHE"] = str(d)  # what the CLI entry points resolve
+  jax.config.update("jax_compilation_cache_dir", str(d))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield d
+  jax.config.update("jax_compilation_cache_dir", None)
+  if old is None:
+    os.environ.pop("JAXCLOAK_COMPILE_CACHE", None)
+  else:
+    os.environ["JAXCLOAK_COMPILE_CACHE"] = old

@@ -121,8 +121,7 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
             strip_metadata: bool = False, max_pixels: int | None = None,
             pool_dir: Path | None = None, compile_cache: str | None = None,
             in_flight_per_actor: int = 2, progress: bool | None = None,
-            log: Callable[[str], None] = print, log_every: float = 30.0,
-            kill_actor_after: int | None = None) -> dict:
+            log: Callable[[str], None] = print, log_every: float = 30.0) -> dict:
   """Migrates SRC into DST with Ray actors; same manifest, statuses and resume as local.
 
   Args:
@@ -130,8 +129,6 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
       `ray job submit` job or to start a local one).
     cloak_actors: default one per GPU in the cluster, else 2 (CPU-only).
     in_flight_per_actor: chunks queued per cloak actor (bounds worker memory).
-    kill_actor_after: fault drill (tests): ray.kill() a busy cloak actor after
-      this many chunks, to show its chunk is retried on the restarted actor.
   """
   t0 = time.time()
   job = Job(src, dst, config, options, log=log)
@@ -173,7 +170,6 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   load = [0] * n_cloak
   choosing: set[str] = set()
   next_commit = 0
-  killed = 0
 
   def collect() -> None:
     nonlocal next_commit
@@ -211,15 +207,11 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
     inflight[ref] = (number, chunk, k, need)
     load[k] += 1
     choosing |= need
-    if kill_actor_after is not None and not killed and next_commit >= kill_actor_after:
-      ray.kill(cloakers[k], no_restart=False)  # its queued chunks must be retried
-      killed = 1
-      log(f"ray: fault drill: killed cloak actor {k} with {load[k]} chunk(s) in flight")
   while inflight:
     collect()
   summary = job.finish(time.time() - t0)
   summary.update(ray_nodes=len([n for n in ray.nodes() if n["Alive"]]), cloak_actors=n_cloak,
-                 detect_actors=n_detect, actors_killed=killed,
+                 detect_actors=n_detect,
                  actor_nodes=len({n for _, n in placement}))
   for a in cloakers + detectors:
     ray.kill(a)

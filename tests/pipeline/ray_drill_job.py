@@ -1,13 +1,16 @@
 """The Ray fault drill, kept out of the product: examples/ray_migrate.py's job,
-with one busy cloak actor killed after N chunks (it must restart, and its chunk
-be retried), and every file the driver opens under SRC counted (workers read
-the inputs; the driver must read none).
+with the cloak actor's process dying (os._exit) at the start of its chunk N+1,
+once, as a crashed or preempted worker would. Ray must restart the actor and
+retry that chunk and the ones queued behind it. Every file the driver opens
+under SRC is counted too (workers read the inputs; the driver must read none).
 
-  python tests/pipeline/ray_drill_job.py N SRC DST [jaxcloak migrate flags]
+  python tests/pipeline/ray_drill_job.py N MARKER SRC DST [jaxcloak migrate flags]
+
+MARKER (a path every node sees) records the crash, so a restarted actor does
+not crash again and the test can tell the drill ran.
 """
 
 import atexit
-import functools
 import os
 import runpy
 import sys
@@ -15,8 +18,23 @@ from pathlib import Path
 
 from jaxcloak.pipeline import ray_runner
 
+
+class CrashingCloakStage(ray_runner.CloakStage):
+  """CloakStage whose first incarnation exits hard at the start of chunk `after` + 1."""
+
+  after, marker = None, None  # set by __main__; the class travels to the actor by value
+
+  def __call__(self, tasks, targets):
+    self.calls = getattr(self, "calls", 0) + 1
+    if self.calls > self.after and not self.marker.exists():
+      self.marker.write_text(f"cloak actor pid {os.getpid()} exited at chunk {self.calls}\n")
+      os._exit(1)
+    return super().__call__(tasks, targets)
+
+
 if __name__ == "__main__":
-  after = int(sys.argv.pop(1))
+  CrashingCloakStage.after = int(sys.argv.pop(1))
+  CrashingCloakStage.marker = Path(sys.argv.pop(1)).resolve()
   src = Path(sys.argv[1]).resolve()
   opened = []
 
@@ -29,6 +47,6 @@ if __name__ == "__main__":
   sys.addaudithook(audit)
   atexit.register(lambda: print(f"driver opened {len(opened)} input file(s) under SRC: "
                                 f"{opened[:5]}", flush=True))
-  ray_runner.migrate = functools.partial(ray_runner.migrate, kill_actor_after=after)
+  ray_runner.CloakStage = CrashingCloakStage
   root = Path(__file__).resolve().parents[2]
   runpy.run_path(str(root / "examples" / "ray_migrate.py"), run_name="__main__")

@@ -87,13 +87,13 @@ def cluster():
 
 @pytest.mark.slow  # ~60 s on 2 cores: cluster start, 4 actors loading weights and compiling
 def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache):
-  src, dst = tmp_path / "src", tmp_path / "dst"
+  src, dst, marker = tmp_path / "src", tmp_path / "dst", tmp_path / "crashed.txt"
   expected = corpus.build(src, faces_dir)
   runtime_env = {"excludes": [".venv*", ".git", "weights", "out", "reports", "*.egg-info",
                               "__pycache__", "benchmarks"]}
   cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
          "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "tests/pipeline/ray_drill_job.py", "1", str(src), str(dst),
+         sys.executable, "tests/pipeline/ray_drill_job.py", "1", str(marker), str(src), str(dst),
          "--weights-dir", str(ROOT / "weights"), "--compile-cache", str(jax_cache),
          "--ray-cloak-actors", "1", "--log-every", "5", *FLAGS]
   no_token = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_AUTH")}
@@ -110,9 +110,9 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
   logs = out.stdout + out.stderr
   assert out.returncode == 0, logs[-4000:]
   summary = json.loads([l for l in logs.splitlines() if l.startswith('{"src"')][-1])
-  assert summary["ray_nodes"] == 2 and summary["actors_killed"] == 1, summary
+  assert summary["ray_nodes"] == 2, summary
   assert summary["actor_nodes"] == 2  # detect and cloak stages spread over both nodes
-  assert "fault drill: killed cloak actor" in logs
+  assert "exited at chunk 2" in marker.read_text()  # the drill ran: the actor died mid-job
   assert "driver opened 0 input file(s) under SRC" in logs  # the workers read every input
   lines = list(Manifest(dst / mig.META_DIR / "manifest.jsonl").records())
   assert len(lines) == len(expected)  # nothing recorded twice
