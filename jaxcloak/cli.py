@@ -198,7 +198,8 @@ def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("src", type=_path_or_url,
                  help="folder, .zip or .tar(.gz) archive, or an fsspec URL of a folder of "
                       "objects (s3://bucket/photos, with s3fs installed); only read")
-  p.add_argument("dst", type=Path, help="output folder (same layout; manifest in DST/.jaxcloak)")
+  p.add_argument("dst", type=_path_or_url,
+                 help="output folder or fsspec URL (same layout; manifest in DST/.jaxcloak)")
   p.add_argument("--pool", type=Path, help="target pool: folder of identity subfolders")
   p.add_argument("--user", help="one user id for all photos (default: top-level folder)")
   flags.add_cloak_flags(p)
@@ -275,7 +276,7 @@ def _migrate(args) -> int:
   except OSError as e:
     if e.errno not in DISK_ERRNOS:
       raise
-    done = _manifest_lines(Path(args.dst))
+    done = _manifest_lines(args.dst)
     print(f"error: {args.dst}: {e.strerror} while writing outputs; {done} inputs are done and "
           "recorded, nothing is lost: free space and rerun the same command to resume",
           file=sys.stderr)
@@ -290,20 +291,19 @@ def _migrate_check(args, config, log) -> dict:
   """`--check`: every ported recognizer's verdict on DST's photos (folder SRC only)."""
   from jaxcloak import protection
   from jaxcloak.pipeline import migrate as migrate_lib
-  if isinstance(args.src, str) or not Path(args.src).is_dir():
-    log("--check: SRC is an archive or URL; run `jaxcloak check` on a local copy")
-    return {"skipped": "archive SRC"}
+  if isinstance(args.src, str) or not Path(args.src).is_dir() or isinstance(args.dst, str):
+    log("--check: SRC is an archive or URL, or DST a URL; run `jaxcloak check` on local copies")
+    return {"skipped": "archive or URL"}
   result = protection.check(args.src, args.dst, Path(args.dst) / migrate_lib.META_DIR / "check",
                        cloaked_with=config.extractors, weights_dir=args.weights_dir)
   log(protection.table(result))
   return {k: result[k] for k in ("models", "statuses", "sheets", "out")}
 
 
-def _manifest_lines(dst: Path) -> int:
-  from jaxcloak.pipeline import migrate as migrate_lib
+def _manifest_lines(dst) -> int:
+  from jaxcloak.pipeline.destination import Destination
   try:
-    with open(dst / migrate_lib.META_DIR / "manifest.jsonl", "rb") as f:
-      return sum(1 for _ in f)
+    return sum(1 for _ in Destination(dst).manifest().records())
   except OSError:
     return 0
 

@@ -64,7 +64,13 @@ def jax_cache(tmp_path_factory):
   user's ~/.cache, so a run starts cold and leaves nothing behind."""
   import os
   import jax
-  d = tmp_path_factory.mktemp("jax_cache")
+  # Under pytest-xdist every worker runs this fixture; they share one cache folder
+  # beside their own temp roots, so a program compiles once per run, not per worker.
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  d = root / "jax_cache"
+  d.mkdir(exist_ok=True)
   old = os.environ.get("JAXCLOAK_COMPILE_CACHE")
   os.environ["JAXCLOAK_COMPILE_CACHE"] = str(d)  # what the CLI entry points resolve
   jax.config.update("jax_compilation_cache_dir", str(d))

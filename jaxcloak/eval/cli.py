@@ -204,8 +204,9 @@ def run(args) -> int:
   ev = Evaluation(settings, log=log)
   argv = getattr(args, "argv", None) or sys.argv[1:]
   command = "jaxcloak " + " ".join(shlex.quote(str(a)) for a in argv)
+  drawn: dict = {}  # plots already drawn from unchanged rows are not drawn again
   write = lambda: report.write(args.output, ev.records, ev.info, dataclasses.asdict(settings),
-                               command=command)
+                               command=command, drawn=drawn)
   try:
     ev.run(after_each=write)
   except (ValueError, KeyError, FileNotFoundError) as e:

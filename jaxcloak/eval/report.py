@@ -6,6 +6,7 @@ over users and the pooled count (photos not recognised / test photos).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import OrderedDict
@@ -283,15 +284,19 @@ def _detection_section(records) -> str:
 
 
 def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
-          command: str = "") -> None:
-  """Writes report.md, results.jsonl and the PNG plots into out_dir."""
+          command: str = "", drawn: dict | None = None) -> None:
+  """Writes report.md, results.jsonl and the PNG plots into out_dir.
+
+  A run that rewrites its report after every experiment passes one `drawn` dict to
+  every call: a plot whose rows did not change since is not drawn again.
+  """
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   with open(out_dir / "results.jsonl", "w") as f:
     f.write(json.dumps({"experiment": "info", **info, "settings": settings}, default=str) + "\n")
     for r in records:
       f.write(json.dumps(r, default=str) + "\n")
-  plots = write_plots(out_dir, records)
+  plots = write_plots(out_dir, records, drawn)
   parts = ["# jaxcloak protection evaluation", ""]
   if command:
     parts += [f"Command: `{command}`", ""]
@@ -343,12 +348,28 @@ def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
   (out_dir / "report.md").write_text("\n".join(p for p in parts if p is not None))
 
 
-def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
-  """PNG plots with matplotlib (Agg); returns the files written."""
+def write_plots(out_dir: Path, records: Sequence[dict], drawn: dict | None = None) -> list[Path]:
+  """PNG plots with matplotlib (Agg); returns their files.
+
+  `drawn` (plot -> digest of its rows, files), kept across calls, skips a plot
+  whose rows are those it was last drawn from (drawing is most of a quick run's
+  report time, and a run rewrites its report after each experiment).
+  """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   written = []
+  drawn = {} if drawn is None else drawn
+  block = [None]  # the plot being drawn
+
+  def unchanged(name, *rows) -> bool:
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    prev = drawn.get(name)
+    if prev and prev[0] == digest and all(p.exists() for p in prev[1]):
+      written.extend(prev[1])
+      return True
+    drawn[name], block[0] = (digest, []), name
+    return False
 
   def save(fig, name):
     path = out_dir / name
@@ -356,11 +377,12 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
+    drawn[block[0]][1].append(path)
 
   # PSR vs DSSIM (budget and measured mean DSSIM).
   rows = aggregate(records, "budget")
-  if rows:
-    quality = {r["config"]: r for r in records if r.get("experiment") == "quality"}
+  quality = {r["config"]: r for r in records if r.get("experiment") == "quality"}
+  if rows and not unchanged("budget", rows, quality):
     fig, ax = plt.subplots(figsize=(6, 4))
     for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
       rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
@@ -376,7 +398,7 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
     save(fig, "psr_vs_dssim.png")
 
   rows = aggregate(records, "matrix")
-  if rows:
+  if rows and not unchanged("matrix", rows):
     for kind in OrderedDict.fromkeys(r["kind"] for r in rows):
       rs = [r for r in rows if r["kind"] == kind]
       users = list(OrderedDict.fromkeys(r["setting"] for r in rs))
@@ -399,7 +421,7 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
       save(fig, f"psr_matrix_{kind}.png")
 
   rows = aggregate(records, "transfer", keys=("held_out", "pipeline", "role", "kind"))
-  if rows:
+  if rows and not unchanged("transfer", rows):
     kinds = list(OrderedDict.fromkeys(r["kind"] for r in rows))
     folds = list(OrderedDict.fromkeys((r["held_out"], r["pipeline"]) for r in rows))
     by = {(r["held_out"], r["pipeline"], r["role"], r["kind"]): r for r in rows}
@@ -420,7 +442,7 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
     save(fig, "psr_transfer.png")
 
   rows = aggregate(records, "leakage")
-  if rows:
+  if rows and not unchanged("leakage", rows):
     fig, ax = plt.subplots(figsize=(6, 4))
     for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
       rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
@@ -435,7 +457,7 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
     save(fig, "psr_vs_leakage.png")
 
   rows = aggregate(records, "transforms")
-  if rows:
+  if rows and not unchanged("transforms", rows):
     groups = list(OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows))
     labels = list(OrderedDict.fromkeys(r["transform"] for r in rows))
     fig, axes = plt.subplots(len(groups), 1, figsize=(max(6, 0.9 * len(labels)), 3 * len(groups)),
@@ -453,7 +475,7 @@ def write_plots(out_dir: Path, records: Sequence[dict]) -> list[Path]:
     save(fig, "psr_vs_transforms.png")
 
   rows = [r for r in records if r.get("experiment") == "detection"]
-  if rows:
+  if rows and not unchanged("detection", rows):
     settings = list(OrderedDict.fromkeys(r["setting"] for r in rows))
     fig, ax = plt.subplots(figsize=(7, 4))
     x = np.arange(len(settings))

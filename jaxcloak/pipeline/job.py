@@ -16,8 +16,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
-import re
 import sys
 import time
 from pathlib import Path
@@ -25,14 +23,13 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from jaxcloak.pipeline.manifest import Manifest, State, sha256_bytes, sha256_file
+from jaxcloak.pipeline.destination import META_DIR, Destination
+from jaxcloak.pipeline.manifest import State, sha256_bytes
 from jaxcloak.pipeline.outputs import READ_ERRORS, copy_large, unreadable, write_output
 from jaxcloak.pipeline.records import Task, error_results
 from jaxcloak.pipeline.sources import Entry, SourceError, is_url, url_filesystem, walk
 from jaxcloak.pipeline.stages import MAX_FACES, StageError
 
-META_DIR = ".jaxcloak"
-_PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")  # jaxcloak.files temp names
 
 
 class MigrateError(Exception):
@@ -113,13 +110,13 @@ class Job:
 
   def __init__(self, src: Path, dst: Path, config, options: Options = Options(), *,
                log: Callable[[str], None] = print):
-    # SRC: a local path, or an fsspec URL whose objects workers read themselves.
+    # SRC and DST: local paths, or fsspec URLs whose objects workers read and write.
     self.src = str(src) if is_url(str(src)) else Path(src)
-    self.dst = Path(dst)
+    try:
+      self.dst = Destination(dst)
+    except SourceError as e:
+      raise MigrateError(str(e)) from None
     self.config, self.options, self.log = config, options, log
-    if is_url(str(dst)):
-      raise MigrateError(f"{dst}: DST must be a folder on a filesystem every worker sees "
-                         "(mount the bucket); only SRC may be a URL")
     if isinstance(self.src, str):
       fs, root = url_filesystem(self.src)
       if not fs.isdir(root):
@@ -131,16 +128,17 @@ class Job:
       raise MigrateError(f"{self.src}: no such folder or archive")
     else:
       src_path = self.src
-    rd = self.dst.resolve()
+    dst_path = self.dst.local_folder()
+    rd = dst_path.resolve() if dst_path is not None else None
     rs = src_path.resolve() if src_path is not None else None
-    if rs is not None and (rd == rs or rd.is_relative_to(rs)
-                           or (rs.is_dir() and rs.is_relative_to(rd))):
+    if rs is not None and rd is not None and (rd == rs or rd.is_relative_to(rs)
+                                              or (rs.is_dir() and rs.is_relative_to(rd))):
       raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
-    if self.dst.exists() and not self.dst.is_dir():
+    if self.dst.is_file():
       raise MigrateError(f"{self.dst}: is a file; DST must be a folder (created if missing)")
-    self.meta = self.dst / META_DIR
-    self.meta.mkdir(parents=True, exist_ok=True)
-    self.state = State(self.meta / "state.json")
+    self.dst.prepare()
+    self.state = State(lambda: self.dst.read_meta("state.json"),
+                       lambda data: self.dst.write_meta("state.json", data))
     recorded = {"config": _jsonable(dataclasses.asdict(config)), "options": options.recorded()}
     if self.state.data["config"] is None:
       self.state.data.update(recorded, src=str(rs or self.src))
@@ -153,7 +151,7 @@ class Job:
           raise MigrateError(f"{self.dst} holds a job started with other settings "
                              f"(recorded, given): {diff}; rerun with the same settings or use "
                              "a new DST")
-    self.manifest = Manifest(self.meta / "manifest.jsonl")
+    self.manifest = self.dst.manifest()
     self.done = self.manifest.load()
     # input sha256 -> record of an earlier input with the same bytes and an output.
     self.by_sha = {r["sha256"]: r for r in self.done.values()
@@ -169,12 +167,7 @@ class Job:
 
   def _clean_partials(self) -> None:
     """Removes temp files a killed run left behind (never a recorded output)."""
-    outputs = {r["output"] for r in self.done.values() if r.get("output")}
-    for d, _, files in os.walk(self.dst):
-      for f in files:
-        p = Path(d) / f
-        if _PART_RE.match(f) and p.relative_to(self.dst).as_posix() not in outputs:
-          p.unlink(missing_ok=True)
+    self.dst.remove_partials({r["output"] for r in self.done.values() if r.get("output")})
 
   def user_of(self, rel: str) -> str:
     if self.options.user:
@@ -194,11 +187,9 @@ class Job:
       return False
     if not rec.get("output"):
       return True  # e.g. unreadable: final; delete its record to retry it
-    out = self.dst / rec["output"]
-    try:
-      return out.stat().st_size == rec["size_out"] and sha256_file(out) == rec["sha256_out"]
-    except (OSError, KeyError):
+    if "size_out" not in rec or "sha256_out" not in rec:
       return False
+    return self.dst.holds(rec["output"], rec["size_out"], rec["sha256_out"])
 
   # -- recording -------------------------------------------------------------
 
@@ -241,10 +232,7 @@ class Job:
   def duplicate(self, task: Task, original: dict, data: bytes | None = None) -> None:
     """An input with the same bytes as one already migrated: its output is reused."""
     if data is None:
-      try:
-        data = (self.dst / original["output"]).read_bytes()
-      except OSError:
-        data = None
+      data = self.dst.read(original["output"])
     if data is None or sha256_bytes(data) != original["sha256_out"]:
       return self.compute_later(task)  # original output gone: compute this one on its own
     rec = {"input": task.rel, "user": task.user, "size": task.size, "sha256": task.sha256,
@@ -272,7 +260,7 @@ class Job:
     """
     self._retry: list[Task] = []
     opts = self.options
-    for entry in walk(self.src, exclude=[self.dst]):
+    for entry in walk(self.src, exclude=[p for p in [self.dst.local_folder()] if p]):
       if entry.rel.split("/")[0] == META_DIR and entry.status is None:
         entry.status, entry.message = "reserved_name", f"{entry.rel}: {META_DIR}/ is reserved for the manifest; not migrated"
       if self.is_done(entry):
@@ -353,11 +341,7 @@ class Job:
     if original is not None and original["input"] != rec["input"]:
       task = Task(rec["input"], rec["user"], rec["size"], sha, None, rec.get("notes", []),
                   mode=rec.get("mode"))
-      out = self.dst / original["output"]
-      try:
-        data = out.read_bytes()
-      except OSError:
-        data = None
+      data = self.dst.read(original["output"])
       if data is not None and sha256_bytes(data) == original["sha256_out"]:
         return self.duplicate(task, original, data)
     self._append(rec, sync=sync)

@@ -6,7 +6,7 @@ renamed into place, then flushed and fsynced, so a record on disk always
 describes an output that is complete. A process killed mid-write leaves at most
 one torn last line; it is dropped on load and trimmed before the next append.
 
-Next to it, a small JSON state file (written atomically) holds what must stay
+Next to it, a small JSON state (written whole, atomically) holds what must stay
 the same across runs of one job: the cloak settings and each user's target.
 """
 
@@ -16,9 +16,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
-from jaxcloak.files import atomic_write
 
 VERSION = 1
 
@@ -98,25 +97,24 @@ class Manifest:
       self._file.close()
       self._file = None
 
-  def __enter__(self) -> "Manifest":
-    return self.open()
-
-  def __exit__(self, *exc) -> None:
-    self.close()
-
 
 class State:
-  """The job's settings and per-user targets, rewritten atomically on change."""
+  """The job's settings and per-user targets, rewritten whole (atomically) on change.
 
-  def __init__(self, path: Path):
-    self.path = Path(path)
+  `read()` gives the saved bytes (None if there are none), `write(bytes)` replaces
+  them: a file in a DST folder, an object under a DST URL (`destination.py`).
+  """
+
+  def __init__(self, read: Callable[[], bytes | None], write: Callable[[bytes], None]):
+    self._write = write
     self.data: dict = {"version": VERSION, "config": None, "targets": {}, "finished": False}
-    if self.path.exists():
-      self.data.update(json.loads(self.path.read_text()))
+    saved = read()
+    if saved is not None:
+      self.data.update(json.loads(saved))
 
   @property
   def targets(self) -> dict[str, str | None]:
     return self.data["targets"]
 
   def save(self) -> None:
-    atomic_write(self.path, (json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())
+    self._write((json.dumps(self.data, indent=1, sort_keys=True) + "\n").encode())

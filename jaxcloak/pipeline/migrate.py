@@ -21,7 +21,7 @@ from typing import Callable
 
 from jaxcloak.faces.detect import MAX_SIDE
 from jaxcloak.pipeline import stages
-from jaxcloak.pipeline.job import META_DIR, Job, MigrateError, Options, Progress  # noqa: F401
+from jaxcloak.pipeline.job import META_DIR, Job, MigrateError, Options, Progress  # noqa: F401 (re-exported)
 from jaxcloak.pipeline.pool import pool_features
 from jaxcloak.pipeline.sources import count_entries
 

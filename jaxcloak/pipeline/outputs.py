@@ -1,9 +1,9 @@
 """Reading a migration input and writing its output, wherever that runs: in the driver,
-or in a Ray worker on any node that sees SRC and DST at the same paths.
+or in a Ray worker on any node that sees SRC and DST at the same paths or URLs.
 
-Every output is renamed into place atomically (a reader never sees half a
-photo) and keeps its input's permission bits; SRC is only ever opened for
-reading. The record returned says what was written (`output`, `size_out`,
+Every output appears whole (`destination.py`: a reader never sees half a
+photo) and keeps its input's permission bits where DST has them; SRC is only
+ever opened for reading. The record returned says what was written (`output`, `size_out`,
 `sha256_out`), so the manifest row can follow it.
 """
 
@@ -12,10 +12,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import zipfile
-from pathlib import Path
 from typing import Callable
 
-from jaxcloak.files import atomic_file, atomic_write
+from jaxcloak.pipeline.destination import Destination
 from jaxcloak.pipeline.manifest import sha256_bytes
 from jaxcloak.pipeline.records import Task
 
@@ -24,11 +23,11 @@ DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
 READ_ERRORS = (OSError, RuntimeError, zipfile.BadZipFile)
 
 
-def write_output(dst: Path, rec: dict, data: bytes, mode: int | None) -> bool:
-  """Writes DST/rec["input"] atomically and notes it in rec; False if the path cannot
+def write_output(dst: Destination, rec: dict, data: bytes, mode: int | None) -> bool:
+  """Writes DST/rec["input"] whole and notes it in rec; False if the path cannot
   exist in DST (rec becomes `write_failed`). Disk errors raise."""
   try:
-    atomic_write(Path(dst) / rec["input"], data, mode)
+    dst.write(rec["input"], data, mode)
   except OSError as e:
     if e.errno in DISK_ERRNOS:
       raise
@@ -47,15 +46,13 @@ def unreadable(rel: str, user: str, size, notes, err: BaseException) -> dict:
           "output": None}
 
 
-def copy_large(open_input: Callable[[], object], dst: Path, rel: str, user: str, size, notes,
-               mode: int | None, limit: int) -> dict:
+def copy_large(open_input: Callable[[], object], dst: Destination, rel: str, user: str, size,
+               notes, mode: int | None, limit: int) -> dict:
   """Stream-copies a file too large to decode, hashing as it goes; returns its record."""
-  out = Path(dst) / rel
-  out.parent.mkdir(parents=True, exist_ok=True)
   h = hashlib.sha256()
   n = 0
   try:
-    with open_input() as f, atomic_file(out, mode) as g:
+    with open_input() as f, dst.open_write(rel, mode) as g:
       while block := f.read(1 << 20):
         h.update(block)
         g.write(block)
@@ -72,7 +69,7 @@ def copy_large(open_input: Callable[[], object], dst: Path, rel: str, user: str,
           "output": rel, "size_out": n, "sha256_out": digest}
 
 
-def read_task(task: Task, open_input: Callable[[], object], *, dst: Path,
+def read_task(task: Task, open_input: Callable[[], object], *, dst: Destination,
               max_file_bytes: int) -> dict | None:
   """Reads and hashes an unread task's input in place; returns its final record instead
   when it needs no compute (unreadable, or too large: then it is copied here)."""

@@ -13,7 +13,8 @@ A chunk's bytes go from the detect actor to the cloak actor through Ray's
 object store: the driver passes references and gets back only manifest
 records, which it appends in walk order (so resuming is exact, and an input
 whose bytes an earlier input had becomes its duplicate, as in process). SRC
-and DST must be at the same paths on every node (a shared filesystem). A tar
+and DST must be at the same paths on every node (a shared filesystem) or URLs
+(an object store) every node can reach. A tar
 is one stream, so its members are read by the driver and shipped; folders and
 zips are read by the workers.
 
@@ -37,6 +38,7 @@ import ray
 from jaxcloak import compile_cache as compile_cache_lib
 from jaxcloak.faces import io as photo_io
 from jaxcloak.pipeline import stages
+from jaxcloak.pipeline.destination import Destination
 from jaxcloak.pipeline.job import Job, MigrateError, Options, Progress
 from jaxcloak.pipeline.outputs import DISK_ERRNOS, read_task, write_output
 from jaxcloak.pipeline.records import error_results
@@ -63,7 +65,7 @@ class DetectStage(_Stage):
     self.finder = FaceFinder(config, weights_dir=engine_kwargs.get("weights_dir"),
                              max_pixels=engine_kwargs.get("max_pixels", photo_io.MAX_PIXELS),
                              detect_side=options.detect_side)
-    self.options, self.dst = options, Path(dst)
+    self.options, self.dst = options, Destination(dst)
 
   def __call__(self, tasks: list) -> list:
     for t in tasks:
@@ -82,7 +84,7 @@ class CloakStage(_Stage):
     from jaxcloak.pipeline.cloaker import Cloaker
     compile_cache_lib.enable(compile_cache and Path(compile_cache))
     self.engine = Cloaker(config, detect_side=options.detect_side, **engine_kwargs)
-    self.options, self.dst = options, Path(dst)
+    self.options, self.dst = options, Destination(dst)
     self.pool = None
 
   def load_pool(self, pool_dir: str):
@@ -152,7 +154,8 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   detect_cls = ray.remote(DetectStage).options(
       num_gpus=DETECT_GPU_SHARE if gpus else 0, num_cpus=cpu_share, runtime_env=detect_env,
       **common)
-  args = (config, engine_kwargs, options, str(Path(dst).resolve()), compile_cache)
+  dest = job.dst.name if job.dst.is_url else str(Path(dst).resolve())
+  args = (config, engine_kwargs, options, dest, compile_cache)
   cloakers = [cloak_cls.remote(*args) for _ in range(n_cloak)]
   detectors = [detect_cls.remote(*args) for _ in range(n_detect)]
   placement = ray.get([a.where.remote() for a in cloakers + detectors])

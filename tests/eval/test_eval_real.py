@@ -82,7 +82,9 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   """`jaxcloak eval --quick`, shrunk further so CI runs it in a few minutes.
 
   Most of its time is the three cloak compiles: dlib (every experiment's base
-  cloak), then sface and dlib+sface for the transfer experiment.
+  cloak), then sface and dlib+sface for the transfer experiment. Regions are capped
+  at 160 px (larger ones are optimised downscaled), so every face shares one bucket
+  and each cloak compiles once, not once per bucket.
   """
   from jaxcloak.eval.cli import main
   for name in ("dlib", "sface", "yunet"):
@@ -93,7 +95,7 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
              "--pool-identities", "6", "--pool-photos", "2", "--background", "2", "--steps", "3",
              "--budgets", "0.004", "--transforms", "jpeg:50,augment", "--adaptive-photos", "0",
              "--experiments", "matrix,transfer,knobs,budget,leakage,transforms,robust,adaptive",
-             "--knob", "budget=0.007", "--quiet"])
+             "--knob", "budget=0.007", "--cloak", "max_region=160", "--quiet"])
   assert rc == 0
   md = (out / "report.md").read_text()
   for section in ("PSR matrix", "PSR vs DSSIM budget", "leaked clean photos", "after transforms",

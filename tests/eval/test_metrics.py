@@ -155,6 +155,15 @@ def test_report_writes_tables_jsonl_and_plots(tmp_path):
   for png in ("psr_vs_dssim", "psr_matrix_probe", "psr_vs_leakage", "psr_vs_transforms",
               "detection_separations"):
     assert (tmp_path / f"{png}.png").stat().st_size > 1000
+  # Rewritten after each experiment: only the plot whose rows changed is drawn again.
+  drawn = {}
+  report.write(tmp_path, recs, {"users": ["A", "B"]}, {"seed": 0}, drawn=drawn)
+  mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+  recs = [{**r, "psr": 1.0} if r["experiment"] == "leakage" else r for r in recs]
+  report.write(tmp_path, recs, {"users": ["A", "B"]}, {"seed": 0}, drawn=drawn)
+  again = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.png")}
+  assert [n for n in mtimes if again[n] != mtimes[n]] == ["psr_vs_leakage.png"]
+  assert (tmp_path / "report.md").read_text().count("![") == len(mtimes)
 
 
 def test_report_transfer_table_has_a_row_per_held_out_model_and_pipeline(tmp_path):

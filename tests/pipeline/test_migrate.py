@@ -190,14 +190,14 @@ def test_tar_members(tmp_path, faces_dir, cloaker):
 
 def test_manifest_torn_line(tmp_path):
   m = Manifest(tmp_path / "m.jsonl")
-  with m:
-    m.append({"input": "a", "status": "no_face"})
-    m.append({"input": "b", "status": "no_face"})
+  m.append({"input": "a", "status": "no_face"})
+  m.append({"input": "b", "status": "no_face"})
+  m.close()
   with open(m.path, "ab") as f:
     f.write(b'{"input": "c", "sta')  # a kill mid-write
   assert set(m.load()) == {"a", "b"}
-  with m:
-    m.append({"input": "c", "status": "cloaked"})
+  m.append({"input": "c", "status": "cloaked"})  # reopens, trimming the torn line first
+  m.close()
   assert m.load()["c"]["status"] == "cloaked"
   assert all(json.loads(line) for line in m.path.read_text().splitlines())
 
@@ -404,6 +404,37 @@ def test_src_by_url_migrates_like_the_same_folder(tmp_path, faces_dir, cloaker):
   with pytest.raises(mig.MigrateError, match="no such folder"):
     mig.migrate("memory://no-such-prefix", tmp_path / "x", CONFIG, options=OPTIONS,
                 make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
-  with pytest.raises(mig.MigrateError, match="only SRC may be a URL"):
-    mig.migrate(url, "memory://dst", CONFIG, options=OPTIONS,
-                make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+
+
+
+def test_dst_by_url_writes_whole_objects_and_resumes(tmp_path, faces_dir, cloaker):
+  """A URL DST (memory://: an object store, no renames, no appends) gets the same bytes
+  as a folder DST, its manifest as one object per sync; a killed run's temp object is
+  removed and a rerun finds nothing to do."""
+  import fsspec
+  from jaxcloak.pipeline.destination import Destination
+  face = corpus.jpeg(corpus.face_image(faces_dir), quality=90)
+  files = {"erin/face.jpg": face, "erin/notes.txt": b"not a photo", "frank/face.jpg": face[::-1]}
+  for rel, data in files.items():
+    corpus.write(tmp_path / "src", rel, data)
+  fs, root = fsspec.filesystem("memory"), f"/dst-{os.getpid()}"
+  fs.pipe(f"{root}/erin/.face.jpg.0123abcd.part", b"half a photo")  # left by a killed run
+  run = lambda dst: mig.migrate(tmp_path / "src", dst, CONFIG, options=OPTIONS,
+                                make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
+  first = run(f"memory://{root}")
+  run(tmp_path / "dir")
+  want = records(tmp_path / "dir")
+  got = Destination(f"memory://{root}").manifest().load()
+  assert {k: r["status"] for k, r in got.items()} == {k: r["status"] for k, r in want.items()}
+  assert got["erin/face.jpg"]["status"] == "cloaked" and first["inputs"] == 3
+  for rel in files:
+    assert fs.cat(f"{root}/{rel}") == (tmp_path / "dir" / rel).read_bytes(), rel
+    assert got[rel]["sha256_out"] == want[rel]["sha256_out"]
+  assert not [k for k in fs.find(root) if k.endswith(".part")]
+  assert len(fs.ls(f"{root}/{mig.META_DIR}/manifest")) == 3  # in-process: a sync per record
+  again = run(f"memory://{root}")
+  assert again["nothing_to_do"] and again["already_done"] == 3
+  with pytest.raises(mig.MigrateError, match="other settings"):
+    mig.migrate(tmp_path / "src", f"memory://{root}", CloakConfig(mode="untargeted", steps=3),
+                options=OPTIONS, make_cloaker=lambda: cloaker, progress=False,
+                log=lambda m: None)

@@ -1,6 +1,8 @@
 """The migrate job on a real local Ray cluster: a head and a second worker node, started with
 `ray start` on loopback (token auth on), a job submitted with `ray job submit`, and
-one cloak actor killed mid-job. No mocks of Ray.
+one cloak actor killed mid-job. DST is given as a file:// URL, so the workers write
+through fsspec (temp object, then moved into place), as they would to a bucket, and
+the manifest is numbered segments. No mocks of Ray.
 
 Teardown kills only the processes this test started (found by the cluster's own
 temp dir), never `ray stop`, which would stop every Ray on the machine.
@@ -22,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from jaxcloak.pipeline import migrate as mig
-from jaxcloak.pipeline.manifest import Manifest, sha256_file
+from jaxcloak.pipeline.destination import Destination
+from jaxcloak.pipeline.manifest import sha256_file
 from tests.conftest import ROOT
 from tests.pipeline import corpus
 
@@ -93,7 +95,7 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
                               "__pycache__", "benchmarks"]}
   cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT),
          "--runtime-env-json", json.dumps(runtime_env), "--",
-         sys.executable, "tests/pipeline/ray_drill_job.py", "1", str(marker), str(src), str(dst),
+         sys.executable, "tests/pipeline/ray_drill_job.py", "1", str(marker), str(src), dst.as_uri(),
          "--weights-dir", str(ROOT / "weights"), "--compile-cache", str(jax_cache),
          "--ray-cloak-actors", "1", "--log-every", "5", *FLAGS]
   no_token = {k: v for k, v in cluster["env"].items() if not k.startswith("RAY_AUTH")}
@@ -114,7 +116,7 @@ def test_ray_job_survives_a_killed_actor(cluster, tmp_path, faces_dir, jax_cache
   assert summary["actor_nodes"] == 2  # detect and cloak stages spread over both nodes
   assert "exited at chunk 2" in marker.read_text()  # the drill ran: the actor died mid-job
   assert "driver opened 0 input file(s) under SRC" in logs  # the workers read every input
-  lines = list(Manifest(dst / mig.META_DIR / "manifest.jsonl").records())
+  lines = list(Destination(dst.as_uri()).manifest().records())
   assert len(lines) == len(expected)  # nothing recorded twice
   got = {r["input"]: r["status"] for r in lines}
   assert got == expected  # nothing lost: the killed actor's chunk was retried
