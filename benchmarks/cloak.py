@@ -120,13 +120,13 @@ def run_one(preset_name, names, extractors, regions, targets, b, n_faces, peak, 
   batches = make_batches([regions[i] for i in order], extractors,
                          [t[order] for t in targets], b, config.budget, jpeg_quality)
   t = time.perf_counter()
-  compiled = fn.fn.lower(fn.params, batches[0]).compile()
+  compiled = fn.fn.lower(fn.params, batches[0], fn.knobs).compile()
   compile_s = time.perf_counter() - t
   flops = step_flops(extractors, batches[0])
   seconds, cpu, steps = 0.0, 0.0, []
   for batch in batches:
     t, c = time.perf_counter(), time.process_time()
-    res = jax.block_until_ready(compiled(fn.params, batch))
+    res = jax.block_until_ready(compiled(fn.params, batch, fn.knobs))
     seconds += time.perf_counter() - t
     cpu += time.process_time() - c
     steps.append(int(np.max(np.asarray(res.steps))))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import gzip
 import json
 import time
@@ -55,13 +54,14 @@ def loop_step_ms(extractors, config, batch, short: int, long: int, trace: Path |
                  ) -> tuple[float, float]:
   """Milliseconds per loop step (long minus short run), and the long run's ms."""
   times = {}
+  fn = make_cloak_fn(extractors, config)
+  compiled = fn.fn.lower(fn.params, batch, fn.knobs).compile()  # the step count is an argument
   for steps in (short, long):
-    fn = make_cloak_fn(extractors, dataclasses.replace(config, steps=steps))
-    compiled = fn.fn.lower(fn.params, batch).compile()
-    times[steps] = time_call(compiled, fn.params, batch, min_reps=2, min_seconds=0.5)
+    knobs = fn.knobs._replace(steps=np.int32(steps))
+    times[steps] = time_call(compiled, fn.params, batch, knobs, min_reps=2, min_seconds=0.5)
   if trace is not None:
     with jax.profiler.trace(str(trace)):
-      jax.block_until_ready(compiled(fn.params, batch))
+      jax.block_until_ready(compiled(fn.params, batch, knobs))
   return 1e3 * (times[long] - times[short]) / (long - short), 1e3 * times[long]
 
 

@@ -79,15 +79,30 @@ class Result(NamedTuple):
   worst_block: jax.Array = None  # [b] worst-block DSSIM of the returned patch
 
 
+class Knobs(NamedTuple):
+  """Settings the compiled cloak takes as arguments, not as constants: another step
+  count, seed, learning rate or starting penalty reuses the compiled program."""
+  steps: Any  # int32 scalar: the most steps an item takes
+  seed: Any  # int32 scalar: views and dropout draw from it
+  learning_rate: Any  # float32 scalar
+  penalty_init: Any  # float32 scalar: initial weight on the DSSIM excess
+
+  @classmethod
+  def of(cls, config: CloakConfig) -> "Knobs":
+    return cls(np.int32(config.steps), np.int32(config.seed), np.float32(config.learning_rate),
+               np.float32(config.penalty_init))
+
+
 @dataclasses.dataclass
 class CloakFn:
   """A compiled cloak function plus its trace counter (recompiles are bugs)."""
   fn: Any
   params: tuple
   traces: list
+  knobs: Knobs
 
   def __call__(self, batch: Batch) -> Result:
-    return self.fn(self.params, batch)
+    return self.fn(self.params, batch, self.knobs)
 
 
 def _per_item_l1_normalise() -> optax.GradientTransformation:
@@ -99,16 +114,16 @@ def _per_item_l1_normalise() -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def _optimizer(config: CloakConfig) -> optax.GradientTransformation:
+def _optimizer(config: CloakConfig, learning_rate) -> optax.GradientTransformation:
   if config.optimizer == "adam":
-    return optax.adam(config.learning_rate)
+    return optax.adam(learning_rate)
   if config.optimizer == "mifgsm":
     # Momentum on L1-normalised gradients, then a signed step: the update that
     # transfers best in the black-box attack literature.
     return optax.chain(_per_item_l1_normalise(), optax.trace(decay=config.momentum),
                        optax.stateless(lambda g, _: jnp.sign(g)),
-                       optax.scale(-config.learning_rate))
-  return optax.adadelta(config.learning_rate, rho=0.95, eps=1e-7)
+                       optax.scale(-learning_rate))
+  return optax.adadelta(learning_rate, rho=0.95, eps=1e-7)
 
 
 def _dropout_interceptor(key, rate: float):
@@ -136,7 +151,6 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
   same_person = jnp.asarray([e.same_person_sq_distance for e in extractors], jnp.float32)
   targeted = config.mode == "targeted"
   balanced = config.ensemble == "balanced"
-  optimizer = _optimizer(config)
   blur_sigmas = tuple(config.blur_sigmas)
   n_views = config.views
   pixel_kinds = tuple(k for k in config.view_kinds if k != "affine")
@@ -202,8 +216,9 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
   def weighted(d):
     return jnp.tensordot(weights, d, axes=1)
 
-  def run(params, batch: Batch) -> Result:
+  def run(params, batch: Batch, knobs: Knobs) -> Result:
     traces.append(1)  # runs at trace time only
+    optimizer = _optimizer(config, knobs.learning_rate)
     orig = batch.patches
     mask = batch.masks[..., None]
     block = losses.block_size(orig.shape[1])
@@ -300,15 +315,15 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
                    key)
 
     def cond(state: State):
-      return (state.step < config.steps) & ~jnp.all(state.done | ~batch.active)
+      return (state.step < knobs.steps) & ~jnp.all(state.done | ~batch.active)
 
     b = orig.shape[0]
     # The original itself is the fallback "iterate": objective of doing nothing.
     init_objective = objective_of(start if targeted else jnp.zeros_like(start), start)
     state = State(jnp.int32(0), w0, optimizer.init(w0),
-                  jnp.full((b,), config.penalty_init, jnp.float32),
+                  jnp.full((b,), knobs.penalty_init, jnp.float32),
                   w0, init_objective, ~batch.active, jnp.zeros((b,), jnp.int32),
-                  jax.random.key(config.seed))
+                  jax.random.key(knobs.seed))
     state = jax.lax.while_loop(cond, body, state)
     # The last iterate has not been scored yet.
     _, _, _, d, ds, tiles = evaluate(state.w)
@@ -329,7 +344,7 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
                   jnp.sqrt(no_move).T, jnp.sqrt(d).T, jnp.sqrt(member_self).T, worst)
 
   params = tuple(e.params for e in extractors)
-  return CloakFn(jax.jit(run), params, traces)
+  return CloakFn(jax.jit(run), params, traces, Knobs.of(config))
 
 
 def region_features(extractors: Sequence[Extractor]):
