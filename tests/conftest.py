@@ -81,3 +81,14 @@ def jax_cache(tmp_path_factory):
     os.environ.pop("JAXCLOAK_COMPILE_CACHE", None)
   else:
     os.environ["JAXCLOAK_COMPILE_CACHE"] = old
+
+
+def pytest_collection_modifyitems(config, items):
+  """Files holding a `slow` test run first, in collection order, and the rest after.
+
+  Under pytest-xdist (`--dist loadfile`) a file runs on one worker: scheduling the
+  minute-long files first and the many short ones last lets the workers finish
+  together instead of one waiting on a long file that started late.
+  """
+  slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+  items[:] = sorted(items, key=lambda item: item.path not in slow_files)  # stable

@@ -100,6 +100,7 @@ def test_check_mistakes_are_one_error_line(tmp_path, capsys, args, says):
   assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and says in err[0]
 
 
+@pytest.mark.slow
 def test_cloak_with_check_judges_its_outputs_and_keeps_permissions(tmp_path, capsys):
   """`cloak --check` on real photos: every output judged by every ported model, the
   cloak's own model marked; outputs as readable as their inputs (not 0600)."""

@@ -43,6 +43,7 @@ def photos(tmp_path, faces_dir):
   return src
 
 
+@pytest.mark.slow
 def test_untargeted_folder(photos, tmp_path):
   before = {p.name: _sha(p) for p in photos.iterdir()}
   out = tmp_path / "out"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from jaxcloak.config import CloakConfig
 from jaxcloak.optimize import make_cloak_fn
@@ -164,6 +165,7 @@ def test_balanced_ensemble_moves_the_hardest_member_more():
   assert worst["balanced"] < worst["mean"], worst
 
 
+@pytest.mark.slow
 def test_views_dropout_momentum_are_deterministic_for_a_seed():
   cfg = _config(views=2, feature_dropout=0.1, optimizer="mifgsm", learning_rate=0.01, steps=10)
   batch = tiny_batch()

@@ -55,6 +55,7 @@ def test_pgd_stays_within_epsilon_and_the_unit_box():
   np.testing.assert_allclose(d[inside], (3 / 255) * np.sign(np.asarray(c))[inside], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_loads_and_changes_params(weights_dir, tiny_pool, tmp_path, capsys):
   rc = cli.main(["weights", "robust", BASE, "--data", str(tiny_pool), "--epochs", "1",
                  "--pgd-steps", "1", "--batch-size", "8", "--holdout", "0.34",

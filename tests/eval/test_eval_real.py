@@ -78,6 +78,7 @@ def test_identity_classifier_on_clean_photos_is_accurate(faces_dir):
     assert acc.value >= 0.8, (kind, acc)
 
 
+@pytest.mark.slow
 def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   """`jaxcloak eval --quick`, shrunk further so CI runs it in a few minutes.
 
