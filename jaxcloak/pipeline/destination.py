@@ -63,9 +63,8 @@ class Destination:
     return f"{self.root}/{rel}"
 
   def _temp_key(self, rel: str) -> str:
-    head, _, name = rel.rpartition("/")
-    return self._key(f"{head}/.{name}.{secrets.token_hex(4)}.part" if head
-                     else f".{name}.{secrets.token_hex(4)}.part")
+    head, sep, name = rel.rpartition("/")
+    return self._key(f"{head}{sep}.{name}.{secrets.token_hex(4)}.part")
 
   # -- outputs ---------------------------------------------------------------
 
