@@ -1,5 +1,7 @@
 """`jaxcloak cloak`: mistakes a person can make end in one `error:` line and exit code 2."""
 
+import os
+
 import pytest
 
 from jaxcloak.cli import main
@@ -35,6 +37,12 @@ def test_output_that_is_a_file(tmp_path, capsys):
   assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: ")
   (tmp_path / "src").mkdir()
   assert main(["migrate", str(tmp_path / "src"), str(tmp_path / "afile"), "--quiet",
+               "--mode", "untargeted"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1].startswith("error: ") and "is a file" in err[-1]
+  import fsspec  # the same for a DST URL naming an object
+  fsspec.filesystem("memory").pipe(f"/taken-{os.getpid()}", b"x")
+  assert main(["migrate", str(tmp_path / "src"), f"memory://taken-{os.getpid()}", "--quiet",
                "--mode", "untargeted"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1].startswith("error: ") and "is a file" in err[-1]

@@ -56,8 +56,11 @@ class Destination:
     protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
     return Path(self.root) if {"file", "local"} & set(protocols) else None
 
-  def is_file(self) -> bool:
-    return self.fs.isfile(self.root) if self.is_url else self.root.is_file()
+  def is_taken(self) -> bool:
+    """Whether something other than a folder already holds DST's name."""
+    if self.is_url:
+      return self.fs.isfile(self.root)
+    return self.root.exists() and not self.root.is_dir()
 
   def _key(self, rel: str) -> str:
     return f"{self.root}/{rel}"

@@ -134,7 +134,7 @@ class Job:
     if rs is not None and rd is not None and (rd == rs or rd.is_relative_to(rs)
                                               or (rs.is_dir() and rs.is_relative_to(rd))):
       raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
-    if self.dst.is_file():
+    if self.dst.is_taken():
       raise MigrateError(f"{self.dst}: is a file; DST must be a folder (created if missing)")
     self.dst.prepare()
     self.state = State(lambda: self.dst.read_meta("state.json"),
