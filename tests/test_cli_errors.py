@@ -81,7 +81,7 @@ def test_full_disk_during_migrate_is_one_error_line(tmp_path, tiny_disk, faces_d
   before = {p: p.read_bytes() for p in src.rglob("*.jpg")}
   code = main(["migrate", str(src), str(tiny_disk / "dst"), "--quiet", "--mode", "untargeted",
                "--extractors", "dlib", "--views", "0", "--steps", "1", "--max-region", "64",
-               "--chunk", "4"])
+               "--batch-size", "4", "--chunk", "4"])  # test_one_sequence's programs: cache hits
   err = capsys.readouterr().err.strip().splitlines()
   assert code == 2
   assert err[-1].startswith("error: ") and "No space left" in err[-1] and "rerun" in err[-1]
