@@ -93,6 +93,17 @@ class Knobs(NamedTuple):
                np.float32(config.penalty_init))
 
 
+# Fields the compiled loop takes as data (Knobs, the batch's budgets) or never reads
+# (target choice): configs that differ only in these compile to the same programs.
+DATA_FIELDS = {"budget": 0.5, "target_choice": "max", "target_top_k": 5, "steps": 1, "seed": 0,
+               "learning_rate": 0.01, "penalty_init": 50.0}
+
+
+def program_config(config: CloakConfig) -> CloakConfig:
+  """The config with its data fields at fixed values: equal for configs sharing programs."""
+  return dataclasses.replace(config, **DATA_FIELDS)
+
+
 @dataclasses.dataclass
 class CloakFn:
   """A compiled cloak function plus its trace counter (recompiles are bugs)."""

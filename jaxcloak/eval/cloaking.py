@@ -9,7 +9,6 @@ differ only in knobs the compiled loop takes as data (budget, target choice).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from typing import Callable, Sequence
@@ -21,6 +20,7 @@ from jaxcloak.config import CloakConfig
 from jaxcloak.eval.dataset import Sample, detect_samples
 from jaxcloak.eval.metrics import psnr
 from jaxcloak.faces import io as photo_io
+from jaxcloak.optimize import program_config
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.cloaker import Cloaker
 from jaxcloak.pipeline.records import Face, Item
@@ -86,26 +86,19 @@ class CloakRunner:
     self._done: dict[tuple[CloakConfig, str], Cloaked] = {}
     self.compile_seconds: dict[str, float] = {}
 
-  @staticmethod
-  def _shared(config: CloakConfig) -> CloakConfig:
-    # Budget and target choice are data to the compiled loop (or used outside it).
-    return dataclasses.replace(config, budget=0.5, target_choice="max", target_top_k=5)
-
   def release(self, config: CloakConfig) -> None:
     """Drops a config's engine and its compiled programs once no step needs them: a long
     eval compiles thousands of programs, and each holds memory maps (the kernel's
     per-process limit, vm.max_map_count = 65530 by default, ended earlier runs)."""
-    self._cloakers.pop(self._shared(config), None)
+    self._cloakers.pop(program_config(config), None)
 
   def cloaker(self, config: CloakConfig) -> Cloaker:
-    shared = self._shared(config)
-    base = self._cloakers.get(shared)
-    if base is None:
-      base = Cloaker(shared, weights_dir=self.weights_dir)
-      self._cloakers[shared] = base
-    c = copy.copy(base)
-    c.config = config
-    return c
+    """An engine for the config, sharing compiled programs with every config that
+    differs only in data (budget, steps, seed, ...)."""
+    key = program_config(config)
+    if key not in self._cloakers:
+      self._cloakers[key] = Cloaker(config, weights_dir=self.weights_dir)
+    return self._cloakers[key].reconfigured(config)
 
   def cloak_user(self, config: CloakConfig, user: str, photos: Sequence[Sample]) -> list[Cloaked]:
     """Cloaks one user's photos with one target chosen from all of them."""

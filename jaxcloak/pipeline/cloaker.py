@@ -11,6 +11,8 @@ re-encoding pushed it over budget) -> atomic write.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -23,7 +25,8 @@ from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import quality
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.faces.detect import MAX_SIDE, Detector
-from jaxcloak.optimize import Batch, data_mesh, make_cloak_fn, region_features, shard_batch
+from jaxcloak.optimize import (Batch, Knobs, data_mesh, make_cloak_fn, program_config,
+                               region_features, shard_batch)
 from jaxcloak.pipeline.records import Face, Item  # noqa: F401 (also the engine's public types)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
@@ -75,6 +78,17 @@ class Cloaker(FaceFinder):
     # Batch size rounded up to a multiple of the device count for even shards.
     self.batch_size = -(-config.batch_size // self.n_devices) * self.n_devices
     self.strip_metadata = strip_metadata
+
+  def reconfigured(self, config: CloakConfig) -> "Cloaker":
+    """This engine under another config that compiles to the same programs (one differing
+    only in budget, steps, seed, learning rate...: `optimize.DATA_FIELDS`); the models
+    and compiled functions are shared, nothing is recompiled."""
+    if program_config(config) != program_config(self.config):
+      raise ValueError("the config needs other compiled programs; build a new Cloaker")
+    engine = copy.copy(self)
+    engine.config = config
+    engine.cloak_fn = dataclasses.replace(self.cloak_fn, knobs=Knobs.of(config))
+    return engine
 
   # -- stages ---------------------------------------------------------------
 

@@ -147,3 +147,15 @@ def test_visibility_caps_and_verdicts_on_written_files(photos, tmp_path):
       assert verdict["fooled"] == (verdict["self_distance"] > cloaker.extractors[0].same_person_distance)
   assert faces
 
+
+
+def test_reconfigured_engine_shares_programs_only_when_it_can(cloaker):
+  """Another budget, step count or seed reuses the engine's models and compiled cloak
+  (eval's sweeps); a setting the compiled loop is built from needs a new engine."""
+  import dataclasses
+  other = cloaker.reconfigured(dataclasses.replace(cloaker.config, steps=7, budget=0.007, seed=3))
+  assert other.cloak_fn.fn is cloaker.cloak_fn.fn and other.extractors is cloaker.extractors
+  assert int(other.cloak_fn.knobs.steps) == 7 and int(cloaker.cloak_fn.knobs.steps) == 4
+  assert other.config.budget == 0.007 and cloaker.config.budget == preset("low").budget
+  with pytest.raises(ValueError, match="other compiled programs"):
+    cloaker.reconfigured(dataclasses.replace(cloaker.config, views=1))
