@@ -17,7 +17,6 @@ in order gives the same records, the last one for an input winning.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -25,9 +24,9 @@ import secrets
 from pathlib import Path
 from typing import Iterator
 
-from jaxcloak.files import atomic_file, atomic_write
-from jaxcloak.pipeline.manifest import Manifest, sha256_file
-from jaxcloak.pipeline.sources import is_url, url_filesystem
+from jaxcloak.files import atomic_file
+from jaxcloak.pipeline.manifest import Manifest, parse_records, sha256_file, sha256_stream
+from jaxcloak.pipeline.sources import is_url, local_path, url_filesystem
 
 META_DIR = ".jaxcloak"
 PART_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part$")  # temp names (jaxcloak.files' too)
@@ -51,10 +50,7 @@ class Destination:
 
   def local_folder(self) -> Path | None:
     """DST as a local folder (a path, or a file:// URL), for the SRC/DST overlap rule."""
-    if not self.is_url:
-      return self.root
-    protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-    return Path(self.root) if {"file", "local"} & set(protocols) else None
+    return local_path(self.fs, self.root) if self.is_url else self.root
 
   def is_taken(self) -> bool:
     """Whether something other than a folder already holds DST's name."""
@@ -110,11 +106,8 @@ class Destination:
       key = self._key(rel)
       if self.fs.size(key) != size:
         return False
-      h = hashlib.sha256()
       with self.fs.open(key, "rb") as f:
-        while block := f.read(1 << 20):
-          h.update(block)
-      return h.hexdigest() == sha256
+        return sha256_stream(f) == sha256
     except (OSError, ValueError):
       return False
 
@@ -151,10 +144,7 @@ class Destination:
     return self.read(f"{META_DIR}/{name}")
 
   def write_meta(self, name: str, data: bytes) -> None:
-    if self.is_url:
-      self.write(f"{META_DIR}/{name}", data)
-    else:
-      atomic_write(self.root / META_DIR / name, data)
+    self.write(f"{META_DIR}/{name}", data)
 
   def meta_location(self, name: str) -> str:
     return f"{self.name}/{META_DIR}/{name}"
@@ -178,14 +168,7 @@ class SegmentManifest:
 
   def records(self) -> Iterator[dict]:
     for name in self._segments():
-      data = self.dest.read(f"{self.folder}/{name}") or b""
-      for line in data.splitlines():
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if isinstance(rec, dict) and "input" in rec:
-          yield rec
+      yield from parse_records((self.dest.read(f"{self.folder}/{name}") or b"").splitlines(True))
 
   def load(self) -> dict[str, dict]:
     return {r["input"]: r for r in self.records()}

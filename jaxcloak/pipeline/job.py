@@ -27,7 +27,8 @@ from jaxcloak.pipeline.destination import META_DIR, Destination
 from jaxcloak.pipeline.manifest import State, sha256_bytes
 from jaxcloak.pipeline.outputs import READ_ERRORS, copy_large, unreadable, write_output
 from jaxcloak.pipeline.records import Task, error_results
-from jaxcloak.pipeline.sources import Entry, SourceError, is_url, url_filesystem, walk
+from jaxcloak.pipeline.sources import (Entry, SourceError, is_url, local_path,
+                                       url_filesystem, walk)
 from jaxcloak.pipeline.stages import MAX_FACES, StageError
 
 
@@ -121,9 +122,7 @@ class Job:
       fs, root = url_filesystem(self.src)
       if not fs.isdir(root):
         raise MigrateError(f"{self.src}: no such folder (prefix) of objects")
-      # Only a file:// URL can overlap DST; its folder is checked like a path.
-      local = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-      src_path = Path(root) if "file" in local or "local" in local else None
+      src_path = local_path(fs, root)  # only a file:// URL can overlap DST
     elif not self.src.exists():
       raise MigrateError(f"{self.src}: no such folder or archive")
     else:

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 VERSION = 1
@@ -26,12 +26,29 @@ def sha256_bytes(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path, *, block: int = 1 << 20) -> str:
+def sha256_stream(f, *, block: int = 1 << 20) -> str:
   h = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(block):
-      h.update(chunk)
+  while chunk := f.read(block):
+    h.update(chunk)
   return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+  with open(path, "rb") as f:
+    return sha256_stream(f)
+
+
+def parse_records(lines: Iterable[bytes]) -> Iterator[dict]:
+  """The records of JSONL lines, in order; stops at a torn (unterminated) line."""
+  for line in lines:
+    if not line.endswith(b"\n"):
+      break  # torn by a kill mid-write; the input will be redone
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(rec, dict) and "input" in rec:
+      yield rec
 
 
 class Manifest:
@@ -46,15 +63,7 @@ class Manifest:
     if not self.path.exists():
       return
     with open(self.path, "rb") as f:
-      for line in f:
-        if not line.endswith(b"\n"):
-          break  # torn by a kill mid-write; the input will be redone
-        try:
-          rec = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if isinstance(rec, dict) and "input" in rec:
-          yield rec
+      yield from parse_records(f)
 
   def load(self) -> dict[str, dict]:
     """input path -> its latest record."""

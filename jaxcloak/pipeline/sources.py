@@ -211,6 +211,12 @@ def url_filesystem(url: str):
   return fs, root.rstrip("/")
 
 
+def local_path(fs, root: str) -> Path | None:
+  """The local path an fsspec URL names (file://), or None for any other filesystem."""
+  protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+  return Path(root) if {"file", "local"} & set(protocols) else None
+
+
 def walk_url(url: str) -> Iterator[Entry]:
   """Every object under an fsspec URL, in sorted order; names are checked like archive
   members (an object key may hold '..')."""
