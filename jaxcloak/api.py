@@ -6,15 +6,25 @@
     jaxcloak.migrate("archive.zip", "dst/", pool="pool/", preset="mid")
 
 Each takes a preset name and any CloakConfig field as a keyword (or a whole
-`config=`), and returns the same summary dict its command prints.
+`config=`), and returns the same summary dict its command prints. The
+commands are these calls behind their flags, so both keep the same rules: a
+mistake a person can make raises ValueError (or FileNotFoundError), and no
+call writes into, onto or around what it reads (`jaxcloak.paths`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from jaxcloak.config import CloakConfig, preset as make_preset
+from jaxcloak.paths import refuse_overlap
+
+
+def default_mode(pool) -> str:
+  """With a target pool the paper's targeted cloak, without one untargeted."""
+  return "targeted" if pool is not None else "untargeted"
 
 
 def _config(config: CloakConfig | None, preset: str, fields: dict, *, pool) -> CloakConfig:
@@ -22,43 +32,122 @@ def _config(config: CloakConfig | None, preset: str, fields: dict, *, pool) -> C
     if fields:
       raise TypeError("give a config= or preset and fields, not both")
     return config
-  fields.setdefault("mode", "targeted" if pool is not None else "untargeted")
+  fields.setdefault("mode", default_mode(pool))
   return make_preset(preset, **fields)
+
+
+def _need_pool(config: CloakConfig, pool) -> None:
+  if config.mode != "targeted":
+    return
+  if pool is None:
+    raise ValueError("targeted mode needs a target pool (--pool DIR of identity folders); "
+                     "use --mode untargeted to cloak without one")
+  if not Path(pool).is_dir():
+    raise FileNotFoundError(f"target pool {pool}: no such folder (give --pool DIR of identity "
+                            "folders)")
+
+
+def _quiet(message: str) -> None:
+  pass
 
 
 def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path | None = None,
           preset: str = "mid", config: CloakConfig | None = None, user: str | None = None,
-          weights_dir=None, strip_metadata: bool = False, progress: bool = False,
+          weights_dir=None, strip_metadata: bool = False, report: str | Path | None = None,
+          check: bool = False, progress: bool = False, log: Callable[[str], None] = _quiet,
           **fields) -> dict:
   """Cloaks photo files and folders into `output` (as `jaxcloak cloak`).
 
   Untargeted unless a target `pool` (a folder of identity folders) is given.
+  `check=True` then judges every output with every ported recognizer
+  (`output/check`), as `jaxcloak cloak --check`.
   """
   from jaxcloak.pipeline.cloaker import Cloaker
   from jaxcloak.pipeline.local import cloak_photos, collect_photos, pool_features
   cfg = _config(config, preset, fields, pool=pool)
+  inputs = [Path(p) for p in photos]
+  listed = collect_photos(inputs, user=user)
+  if not listed:
+    raise ValueError("no image files found in the inputs")
+  out = Path(output)
+  if out.exists() and not out.is_dir():
+    raise NotADirectoryError(f"-o {out}: is a file; give a folder for the cloaked photos (it is "
+                             "created if missing)")
+  refuse_overlap(out, inputs, what="output folder")
+  _need_pool(cfg, pool)
   cloaker = Cloaker(cfg, weights_dir=weights_dir, strip_metadata=strip_metadata)
-  feats = pool_features(cloaker, Path(pool), log=lambda m: None) if cfg.mode == "targeted" else None
-  return cloak_photos(cloaker, collect_photos([Path(p) for p in photos], user=user), Path(output),
-                      pool=feats, progress=progress, log=lambda m: None)
+  feats = pool_features(cloaker, Path(pool), log=log) if cfg.mode == "targeted" else None
+  summary = cloak_photos(cloaker, listed, out, pool=feats, report=report, progress=progress,
+                         log=log)
+  summary["config"] = dataclasses.asdict(cfg)
+  if check:
+    from jaxcloak import protection
+    result = protection.check_pairs(protection.pair_outputs(listed, out), out / "check",
+                                    cloaked_with=cfg.extractors, weights_dir=weights_dir)
+    summary["check"] = {k: result[k] for k in ("models", "statuses", "sheets", "out")}
+    log(protection.table(result))
+  return summary
 
 
 def check(originals: str | Path, cloaked: str | Path, output: str | Path | None = None,
           **kw) -> dict:
   """Every ported recognizer's verdict on cloaked photos (as `jaxcloak check`)."""
-  from jaxcloak import protection as check_lib
-  return check_lib.check(Path(originals), Path(cloaked), None if output is None else Path(output),
-                         **kw)
+  from jaxcloak import protection
+  return protection.check(Path(originals), Path(cloaked), None if output is None else Path(output),
+                          **kw)
 
 
 def migrate(src: str | Path, dst: str | Path, *, pool: str | Path | None = None,
             preset: str = "mid", config: CloakConfig | None = None, weights_dir=None,
-            progress: bool = False, **fields) -> dict:
-  """Migrates a folder or archive into `dst`, resumably (as `jaxcloak migrate`)."""
+            strip_metadata: bool = False, max_pixels: int | None = None,
+            ray: str | None = None, ray_cloak_actors: int | None = None,
+            compile_cache: str | None = None, check: bool = False, progress: bool = False,
+            log: Callable[[str], None] = _quiet, log_every: float = 30.0, **fields) -> dict:
+  """Migrates a folder, archive or fsspec URL into `dst`, resumably (as `jaxcloak migrate`).
+
+  SRC and DST may be URLs (`s3://...`), passed through as typed. Keywords that
+  name a `job.Options` field (user, chunk, chunk_bytes, max_file_bytes,
+  max_faces, detect_side, ...) set how the archive is walked; the rest are
+  CloakConfig fields. `ray` runs it on a Ray cluster ("auto" = this node's).
+  """
+  from jaxcloak.faces import io as photo_io
   from jaxcloak.pipeline import migrate as migrate_lib
-  from jaxcloak.pipeline.cloaker import Cloaker
+  from jaxcloak.pipeline.job import Options
+  from jaxcloak.pipeline.sources import is_url
+  walk = {f.name for f in dataclasses.fields(Options)}
+  options = Options(**{k: fields.pop(k) for k in list(fields) if k in walk})
   cfg = _config(config, preset, fields, pool=pool)
-  return migrate_lib.migrate(Path(src), Path(dst), cfg,
-                             make_cloaker=lambda: Cloaker(cfg, weights_dir=weights_dir),
-                             pool_dir=None if pool is None else Path(pool), progress=progress,
-                             log=lambda m: None)
+  _need_pool(cfg, pool)
+  src, dst = (str(x) if is_url(str(x)) else Path(x) for x in (src, dst))
+  pool_dir = None if pool is None else Path(pool)
+  max_pixels = photo_io.MAX_PIXELS if max_pixels is None else max_pixels
+  if ray:
+    from jaxcloak.pipeline import ray_runner
+    summary = ray_runner.migrate(
+        src, dst, cfg, options=options, address=ray, cloak_actors=ray_cloak_actors,
+        weights_dir=weights_dir, strip_metadata=strip_metadata, max_pixels=max_pixels,
+        pool_dir=pool_dir, compile_cache=compile_cache, progress=progress, log=log,
+        log_every=log_every)
+  else:
+    from jaxcloak.pipeline.cloaker import Cloaker
+    summary = migrate_lib.migrate(
+        src, dst, cfg, options=options, pool_dir=pool_dir, progress=progress, log=log,
+        log_every=log_every,
+        make_cloaker=lambda: Cloaker(cfg, weights_dir=weights_dir, strip_metadata=strip_metadata,
+                                     max_pixels=max_pixels, detect_side=options.detect_side))
+  if check:
+    summary["check"] = _migrate_check(src, dst, cfg, weights_dir, log)
+  return summary
+
+
+def _migrate_check(src, dst, config: CloakConfig, weights_dir, log) -> dict:
+  """Every ported recognizer's verdict on DST's photos (a folder SRC and DST only)."""
+  from jaxcloak import protection
+  from jaxcloak.pipeline.job import META_DIR
+  if isinstance(src, str) or not src.is_dir() or isinstance(dst, str):
+    log("--check: SRC is an archive or URL, or DST a URL; run `jaxcloak check` on local copies")
+    return {"skipped": "archive or URL"}
+  result = protection.check(src, dst, dst / META_DIR / "check", cloaked_with=config.extractors,
+                            weights_dir=weights_dir)
+  log(protection.table(result))
+  return {k: result[k] for k in ("models", "statuses", "sheets", "out")}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import sys
@@ -76,63 +75,33 @@ def _person_error(e: Exception) -> int:
 
 
 def _cloak(args) -> int:
-  from jaxcloak import weights
-  from jaxcloak.pipeline.cloaker import Cloaker
-  from jaxcloak.pipeline.local import cloak_photos, collect_photos, pool_features
-  inputs = list(args.photos)
-  if args.samples:
-    inputs.append(SAMPLES_DIR)
+  from jaxcloak import api, weights
+  inputs = list(args.photos) + ([SAMPLES_DIR] if args.samples else [])
   if not inputs:
     print("error: give photos or folders to cloak, or --samples", file=sys.stderr)
     return 2
+  log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
   if args.mode is None and args.pool is None:
-    args.mode = "untargeted"
-    print("no --pool given: using the untargeted objective (push features away from the "
-          "photo's own); give --pool DIR for the paper's targeted cloak", file=sys.stderr)
+    log("no --pool given: using the untargeted objective (push features away from the "
+        "photo's own); give --pool DIR for the paper's targeted cloak")
   try:
-    config = flags.config_from_flags(args)
-    photos = collect_photos(inputs, user=args.user)
-  except (ValueError, KeyError, FileNotFoundError) as e:
+    config = flags.config_from_flags(args, mode=args.mode or api.default_mode(args.pool))
+    summary = api.cloak(inputs, args.output, pool=args.pool, config=config, user=args.user,
+                        weights_dir=args.weights_dir, strip_metadata=args.strip_metadata,
+                        report=args.report, check=args.check, log=log,
+                        progress=not args.quiet and sys.stderr.isatty())
+  except (ValueError, KeyError, weights.WeightsError) as e:
     return _person_error(e)
-  if not photos:
-    print("error: no image files found in the inputs", file=sys.stderr)
-    return 2
-  out = Path(args.output)
-  if out.exists() and not out.is_dir():
-    return _person_error(NotADirectoryError(f"-o {out}: is a file; give a folder for the "
-                                            "cloaked photos (it is created if missing)"))
-  for src, _, _ in photos:
-    if out.resolve() == src.parent.resolve():
-      print("error: output folder must differ from the input folder (originals are never "
-            "overwritten)", file=sys.stderr)
-      return 2
-  if config.mode == "targeted" and not Path(args.pool or "").is_dir():
-    return _person_error(FileNotFoundError(f"target pool {args.pool}: no such folder "
-                                           "(give --pool DIR of identity folders)"))
-  try:
-    cloaker = Cloaker(config, weights_dir=args.weights_dir, strip_metadata=args.strip_metadata)
-    pool = pool_features(cloaker, Path(args.pool)) if config.mode == "targeted" else None
-  except (weights.WeightsError, KeyError, ValueError) as e:
-    return _person_error(e)
-  try:
-    summary = cloak_photos(cloaker, photos, out, pool=pool, report=args.report,
-                           progress=not args.quiet and sys.stderr.isatty())
   except OSError as e:
     from jaxcloak.pipeline.outputs import DISK_ERRNOS
-    if e.errno not in DISK_ERRNOS:
-      raise
-    print(f"error: {out}: {e.strerror} while writing the cloaked photos; the originals are "
-          "untouched and every photo written is complete: free space and rerun (or use "
-          "`jaxcloak migrate`, which resumes)", file=sys.stderr)
-    return 2
-  summary["config"] = dataclasses.asdict(config)
-  if args.check:
-    from jaxcloak import protection
-    result = protection.check_pairs(protection.pair_outputs(photos, out), out / "check",
-                               cloaked_with=config.extractors, weights_dir=args.weights_dir)
-    summary["check"] = {k: result[k] for k in ("models", "statuses", "sheets", "out")}
-    if not args.quiet:
-      print(protection.table(result), file=sys.stderr)
+    if e.errno in DISK_ERRNOS:
+      print(f"error: {args.output}: {e.strerror} while writing the cloaked photos; the "
+            "originals are untouched and every photo written is complete: free space and rerun "
+            "(or use `jaxcloak migrate`, which resumes)", file=sys.stderr)
+      return 2
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)) and e.filename is None:
+      return _person_error(e)  # ours: a path a person gave
+    raise
   print(json.dumps(summary))
   return 0
 
@@ -147,7 +116,7 @@ def _check(args) -> int:
   try:
     summary = protection.check(args.originals, args.cloaked, args.output,
                                weights_dir=args.weights_dir, **kw)
-  except (protection.CheckError, weights.WeightsError, KeyError) as e:
+  except (ValueError, weights.WeightsError, KeyError) as e:  # CheckError, OverlapError
     return _person_error(e)
   except OSError as e:
     return _person_error(OSError(f"{e.filename or 'output'}: {e.strerror}"))
@@ -228,76 +197,44 @@ def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
   return p
 
 
-def _migrate_options(args):
-  from jaxcloak.pipeline.job import Options
-  return Options(user=args.user, chunk=args.chunk, chunk_bytes=args.chunk_mb << 20,
-                 max_file_bytes=args.max_file_mb << 20, max_faces=args.max_faces,
-                 detect_side=args.detect_side)
+def _migrate_options(args) -> dict:
+  """The `job.Options` fields the flags set."""
+  return dict(user=args.user, chunk=args.chunk, chunk_bytes=args.chunk_mb << 20,
+              max_file_bytes=args.max_file_mb << 20, max_faces=args.max_faces,
+              detect_side=args.detect_side)
 
 
 def _migrate(args) -> int:
   """Runs `jaxcloak migrate`; prints the summary as one JSON line."""
-  from jaxcloak import weights
-  from jaxcloak.pipeline import migrate as migrate_lib
+  from jaxcloak import api, weights
   from jaxcloak.pipeline.job import JOB_ERRORS
   from jaxcloak.pipeline.outputs import DISK_ERRNOS
-  if args.mode is None and args.pool is None:
-    args.mode = "untargeted"
-    print("no --pool given: using the untargeted objective", file=sys.stderr)
-  try:
-    config = flags.config_from_flags(args)
-  except (ValueError, KeyError) as e:
-    print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
-    return 2
-  options = _migrate_options(args)
   log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-
-  def make_cloaker():
-    from jaxcloak.pipeline.cloaker import Cloaker
-    return Cloaker(config, weights_dir=args.weights_dir, strip_metadata=args.strip_metadata,
-                   max_pixels=args.max_pixels, detect_side=options.detect_side)
-
+  if args.mode is None and args.pool is None:
+    log("no --pool given: using the untargeted objective")
   try:
-    if args.ray:
-      from jaxcloak.pipeline import ray_runner
-      summary = ray_runner.migrate(
-          args.src, args.dst, config, options=options, address=args.ray,
-          cloak_actors=args.ray_cloak_actors, weights_dir=args.weights_dir,
-          strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, pool_dir=args.pool,
-          compile_cache=args.compile_cache and str(args.compile_cache),
-          progress=False if args.quiet else None, log=log,
-          log_every=args.log_every)
-    else:
-      summary = migrate_lib.migrate(args.src, args.dst, config, options=options, make_cloaker=make_cloaker,
-                        pool_dir=args.pool, progress=False if args.quiet else None, log=log,
-                        log_every=args.log_every)
-  except (*JOB_ERRORS, weights.WeightsError) as e:
+    config = flags.config_from_flags(args, mode=args.mode or api.default_mode(args.pool))
+    summary = api.migrate(
+        args.src, args.dst, pool=args.pool, config=config, weights_dir=args.weights_dir,
+        strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, ray=args.ray,
+        ray_cloak_actors=args.ray_cloak_actors,
+        compile_cache=args.compile_cache and str(args.compile_cache), check=args.check,
+        progress=False if args.quiet else None, log=log, log_every=args.log_every,
+        **_migrate_options(args))
+  except (*JOB_ERRORS, ValueError, KeyError, weights.WeightsError) as e:
     return _person_error(e)
   except OSError as e:
     if e.errno not in DISK_ERRNOS:
+      if isinstance(e, FileNotFoundError) and e.filename is None:
+        return _person_error(e)
       raise
     done = _manifest_lines(args.dst)
     print(f"error: {args.dst}: {e.strerror} while writing outputs; {done} inputs are done and "
           "recorded, nothing is lost: free space and rerun the same command to resume",
           file=sys.stderr)
     return 2
-  if args.check:
-    summary["check"] = _migrate_check(args, config, log)
   print(json.dumps(summary), flush=True)
   return 0
-
-
-def _migrate_check(args, config, log) -> dict:
-  """`--check`: every ported recognizer's verdict on DST's photos (folder SRC only)."""
-  from jaxcloak import protection
-  from jaxcloak.pipeline import migrate as migrate_lib
-  if isinstance(args.src, str) or not Path(args.src).is_dir() or isinstance(args.dst, str):
-    log("--check: SRC is an archive or URL, or DST a URL; run `jaxcloak check` on local copies")
-    return {"skipped": "archive or URL"}
-  result = protection.check(args.src, args.dst, Path(args.dst) / migrate_lib.META_DIR / "check",
-                       cloaked_with=config.extractors, weights_dir=args.weights_dir)
-  log(protection.table(result))
-  return {k: result[k] for k in ("models", "statuses", "sheets", "out")}
 
 
 def _manifest_lines(dst) -> int:

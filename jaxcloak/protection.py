@@ -28,6 +28,7 @@ from jaxcloak.config import CloakConfig
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.faces import sheet
 from jaxcloak.files import atomic_write
+from jaxcloak.paths import refuse_overlap
 from jaxcloak.pipeline.cloaker import Cloaker, Item
 from jaxcloak.pipeline.local import collect_photos
 
@@ -116,8 +117,12 @@ def _iou(a, b) -> float:
 def check(originals: Path, cloaked: Path, out_dir: Path | None = None, **kw) -> dict:
   """Checks every photo pair of two folders (check_pairs); out_dir defaults to CLOAKED/check."""
   out_dir = Path(out_dir) if out_dir is not None else Path(cloaked) / "check"
+  refuse_overlap(out_dir, [Path(originals)], what="check output folder")
   kw.setdefault("cloaked_with", optimised_on(Path(cloaked)))
-  return check_pairs(pair_photos(Path(originals), Path(cloaked), exclude=(out_dir,)), out_dir, **kw)
+  # An earlier check's report folder in CLOAKED (`cloak --check`) holds sheets, not photos.
+  earlier = Path(cloaked) / "check"
+  skip = (out_dir, earlier) if (earlier / "check.jsonl").is_file() else (out_dir,)
+  return check_pairs(pair_photos(Path(originals), Path(cloaked), exclude=skip), out_dir, **kw)
 
 
 def check_pairs(pairs: Sequence[Pair], out_dir: Path, *,

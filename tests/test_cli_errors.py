@@ -72,6 +72,7 @@ def tiny_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
+@pytest.mark.must_run  # the only test of a real full disk
 def test_full_disk_during_migrate_is_one_error_line(tmp_path, tiny_disk, faces_dir, capsys):
   src = tmp_path / "src"
   for d in sorted(p for p in faces_dir.iterdir() if p.is_dir())[:2]:

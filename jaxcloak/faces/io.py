@@ -24,7 +24,13 @@ except ImportError:  # then HEIC stays `unsupported_format`, with a message sayi
 
 # Decompression-bomb guard: photos above this many pixels are refused.
 MAX_PIXELS = 120_000_000
-WRITABLE_FORMATS = {"JPEG", "PNG", "WEBP", "TIFF", "BMP", "HEIF", "AVIF"}
+# Decoded format -> the format its cloaked copy is written in; the one place this rule
+# lives (encode, the cloaker's JPEG-aware loss and the status rules all read it). An MPO
+# (many cameras: a JPEG plus preview frames) is written as a baseline JPEG of its first
+# frame, a valid .jpg; the previews are dropped, as they would show the uncloaked face.
+WRITTEN_FORMAT = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "WEBP": "WEBP", "TIFF": "TIFF",
+                  "BMP": "BMP", "HEIF": "HEIF", "AVIF": "AVIF"}
+WRITABLE_FORMATS = frozenset(WRITTEN_FORMAT)
 FALLBACK_JPEG_QUALITY = 95  # a JPEG whose tables cannot be read is written at this
 # HEIF and AVIF encoders are lossy and keep no tables to copy. Written with
 # full-resolution chroma at these qualities, the re-encode keeps most of a cloak
@@ -33,6 +39,11 @@ FALLBACK_JPEG_QUALITY = 95  # a JPEG whose tables cannot be read is written at t
 # budget is enforced on the written file as for any format.
 HEIF_QUALITY = 95
 AVIF_QUALITY = 100
+
+
+def written_format(fmt: str) -> str:
+  """The format a photo decoded as `fmt` (a PIL format name) is written in."""
+  return WRITTEN_FORMAT.get(fmt, "PNG")
 
 
 class PhotoError(ValueError):
@@ -99,8 +110,10 @@ def decode(data: bytes, *, name: str = "photo", max_pixels: int = MAX_PIXELS) ->
     notes.append(f"EXIF unreadable, dropped ({type(e).__name__})")
     upright = im
   icc = im.info.get("icc_profile")
-  qtables = getattr(im, "quantization", None) if fmt == "JPEG" else None
-  subsampling = JpegImagePlugin.get_sampling(im) if fmt == "JPEG" else None
+  # An MPO's first frame is a JPEG too: its tables are what its output keeps.
+  as_jpeg = written_format(fmt) == "JPEG"
+  qtables = getattr(im, "quantization", None) if as_jpeg else None
+  subsampling = JpegImagePlugin.get_sampling(im) if as_jpeg else None
 
   mode = im.mode
   alpha = None
@@ -137,7 +150,7 @@ def encode(photo: Photo, rgb: np.ndarray, *, strip_metadata: bool = False,
   if photo.alpha is not None:
     im = im.convert("LA" if photo.grayscale else "RGBA")
     im.putalpha(Image.fromarray(photo.alpha, "L"))
-  fmt = photo.format if photo.format in WRITABLE_FORMATS else "PNG"
+  fmt = written_format(photo.format)
   kwargs: dict = {}
   if not strip_metadata:
     if photo.exif:

@@ -112,8 +112,8 @@ class Cloaker(FaceFinder):
     """The encoder settings a photo's output is written with, for the loss (None: off)."""
     if not self.config.jpeg_aware:
       return None
-    fmt = photo.format if photo.format in photo_io.WRITABLE_FORMATS else "PNG"
-    if fmt != "JPEG" or photo.grayscale:  # grayscale keeps one channel: not simulated
+    # Whatever is written as JPEG (an MPO too) is simulated; grayscale keeps one channel: not.
+    if photo_io.written_format(photo.format) != "JPEG" or photo.grayscale:
       return jpeg_lib.spec_arrays(None, None)
     quality = self.config.jpeg_quality  # as encode() chooses: set quality, own tables, fallback
     if quality is None and photo.jpeg_qtables:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from jaxcloak.files import atomic_file
+from jaxcloak.paths import output_file
 from jaxcloak.pipeline.manifest import Manifest, parse_records, sha256_file, sha256_stream
 from jaxcloak.pipeline.sources import is_url, local_path, url_filesystem
 
@@ -76,7 +77,7 @@ class Destination:
   def open_write(self, rel: str, mode: int | None = None):
     """A binary file that becomes DST/rel only if the block succeeds."""
     if not self.is_url:
-      with atomic_file(self.root / rel, mode) as f:
+      with atomic_file(output_file(self.root, rel), mode) as f:
         yield f
       return
     final, tmp = self._key(rel), self._temp_key(rel)

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from jaxcloak.paths import OverlapError, refuse_overlap
 from jaxcloak.pipeline.destination import META_DIR, Destination
 from jaxcloak.pipeline.manifest import State, sha256_bytes
 from jaxcloak.pipeline.outputs import READ_ERRORS, copy_large, unreadable, write_output
@@ -33,7 +34,7 @@ from jaxcloak.pipeline.stages import MAX_FACES, StageError
 
 
 
-class MigrateError(Exception):
+class MigrateError(ValueError):
   """A job that cannot start (bad paths, settings differing from the recorded job)."""
 
 
@@ -54,7 +55,7 @@ class Options:
 
 
 # Mistakes that stop a job before or while it runs (a person can fix them).
-JOB_ERRORS = (MigrateError, SourceError, StageError)
+JOB_ERRORS = (MigrateError, OverlapError, SourceError, StageError)
 
 
 class Progress:
@@ -128,11 +129,9 @@ class Job:
     else:
       src_path = self.src
     dst_path = self.dst.local_folder()
-    rd = dst_path.resolve() if dst_path is not None else None
+    if src_path is not None and dst_path is not None:
+      refuse_overlap(dst_path, [src_path], what="DST")
     rs = src_path.resolve() if src_path is not None else None
-    if rs is not None and rd is not None and (rd == rs or rd.is_relative_to(rs)
-                                              or (rs.is_dir() and rs.is_relative_to(rd))):
-      raise MigrateError("DST must be outside SRC and SRC outside DST (SRC is never written)")
     if self.dst.is_taken():
       raise MigrateError(f"{self.dst}: is a file; DST must be a folder (created if missing)")
     self.dst.prepare()

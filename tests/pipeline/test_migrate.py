@@ -24,6 +24,7 @@ import pytest
 from PIL import Image
 
 from jaxcloak.config import CloakConfig
+from jaxcloak.paths import OverlapError
 from jaxcloak.pipeline import migrate as mig
 from jaxcloak.pipeline.manifest import Manifest, sha256_file
 from tests.conftest import ROOT
@@ -143,7 +144,7 @@ def test_other_settings_refused(migrated):
   other = CloakConfig(mode="untargeted", steps=3, batch_size=4, max_region=64)
   with pytest.raises(mig.MigrateError, match="other settings"):
     mig.migrate(root / "src", root / "dst", other, options=OPTIONS, progress=False)
-  with pytest.raises(mig.MigrateError, match="outside SRC"):
+  with pytest.raises(OverlapError, match="inside input"):  # jaxcloak.paths, every entry point's
     mig.migrate(root / "src", root / "src" / "out", CONFIG, options=OPTIONS, progress=False)
 
 

@@ -23,7 +23,10 @@ tip, mouth corners). So the template is measured:
 
 Writes tests/fixtures/dlib_template.json with the template, the per-point
 spread, the counts and the check figures; the numbers are copied by hand into
-jaxcloak/models/dlib_resnet.py.
+jaxcloak/models/dlib_resnet.py. It also stores what only dlib gives: for each
+derivation face, the photo and dlib's image -> chip mapping (`derive_faces`).
+tests/models/test_dlib_resnet.py re-derives the template from those with
+jaxcloak's own YuNet instead of trusting the stored figures.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ def main() -> None:
   dlib_models, yunet = DlibModels(), YuNet()
   import dlib
 
-  derive_pts, chip_err, check = [], [], []
+  derive_pts, derive_faces, chip_err, check = [], [], [], []
   for ident in sorted(p for p in FACES.iterdir() if p.is_dir()):
     photos = sorted(ident.glob("*.jpg"), key=lambda p: int(p.stem))
     for i, photo in enumerate(photos):
@@ -126,6 +129,8 @@ def main() -> None:
       chip = dlib_models.chip(rgb, shape)
       if is_derive:
         derive_pts.append(pts @ a[:, :2].T + a[:, 2])
+        derive_faces.append({"file": f"{ident.name}/{photo.name}",
+                             "to_chip": np.round(a, 8).tolist()})
         # The rebuilt mapping must reproduce dlib's chip up to resampling.
         chip_err.append(np.abs(warp(rgb, a).astype(float) - chip).mean())
       else:
@@ -156,8 +161,14 @@ def main() -> None:
       "chip": {"size": SIZE, "padding": PADDING},
       "yunet": YUNET.member,
   }
-  OUT.write_text(json.dumps(result, indent=2) + "\n")
   print(json.dumps(result, indent=2))
+  # dlib's [2, 3] image -> chip mapping per derivation face, one face a line.
+  result["derive_faces"] = derive_faces
+  text = json.dumps(result, indent=2)
+  rows = ",\n    ".join(json.dumps(f) for f in derive_faces)
+  head = text[:text.index('"derive_faces"')]
+  OUT.write_text(f'{head}"derive_faces": [\n    {rows}\n  ]\n}}\n')
+  assert json.loads(OUT.read_text()) == json.loads(text)
 
 
 if __name__ == "__main__":
