@@ -10,7 +10,7 @@ import dataclasses
 from typing import Literal
 
 Mode = Literal["targeted", "untargeted"]
-TargetChoice = Literal["max", "average", "random"]
+TargetChoice = Literal["max", "average", "random", "near"]
 Ensemble = Literal["mean", "balanced"]
 VIEW_KINDS = ("affine", "flip", "blur", "jpeg", "noise")
 
@@ -110,8 +110,9 @@ class CloakConfig:
       raise ValueError(f"local_budget must be in (0, 1), got {self.local_budget}")
     if self.max_pixel_change is not None and not 0.0 < self.max_pixel_change <= 1.0:
       raise ValueError(f"max_pixel_change must be in (0, 1], got {self.max_pixel_change}")
-    if self.target_choice not in ("max", "average", "random"):
-      raise ValueError(f"target_choice must be max, average or random, got {self.target_choice!r}")
+    if self.target_choice not in ("max", "average", "random", "near"):
+      raise ValueError("target_choice must be max, average, random or near, got "
+                       f"{self.target_choice!r}")
     if self.stop_fraction is not None and not 0.0 < self.stop_fraction < 1.0:
       raise ValueError("stop_fraction must be in (0, 1)")
 

@@ -73,8 +73,10 @@ def choose_target(user: dict[str, np.ndarray], pool: IdentityFeatures, *, extrac
   Args:
     user: extractor -> [m, d] unit features of the user's photos.
     choice: "max" (farthest, the paper's default), "average" (the candidate at
-      the median distance, §8.2's mitigation against 2-means detection), or
-      "random" (uniform among the `top_k` farthest).
+      the median distance, §8.2's mitigation against 2-means detection),
+      "random" (uniform among the `top_k` farthest), or "near" (the unit mean
+      of the `top_k` nearest centroids: several targets close to the user, as
+      TIP-IM chooses them, which a cloak reaches with less change).
   """
   dist = candidate_distances(user, pool, extractors, weights)
   valid = np.array([n not in exclude and all(len(pool.features[e][i]) for e in extractors)
@@ -89,6 +91,14 @@ def choose_target(user: dict[str, np.ndarray], pool: IdentityFeatures, *, extrac
   elif choice == "random":
     order = idx[np.argsort(-dist[idx])][:max(1, top_k)]
     i = np.random.default_rng(seed).choice(order)
+  elif choice == "near":
+    near = idx[np.argsort(dist[idx])][:max(1, top_k)]
+    feats = {}
+    for e in extractors:
+      c = pool.centroids(e)[near].mean(axis=0)
+      feats[e] = c / max(np.linalg.norm(c), 1e-12)
+    return Target("+".join(pool.names[i] for i in near), int(near[0]),
+                  float(np.mean(dist[near])), feats, choice)
   else:
     raise ValueError(f"unknown target choice {choice!r}")
   feats = {e: pool.centroids(e)[i] for e in extractors}

@@ -19,6 +19,14 @@ every registered extractor), cloak with the ensemble of the others and track
 with the held-out model through each of `--tracker-pipelines` (default
 yunet,retinaface,margin), beside the white-box ensemble of all of them.
 
+Frontier (`--experiments frontier`): each `--family` (default: the base cloak)
+at each `--point` of strength, cloaked without the `--frontier-held-out`
+models; PSR (with a bootstrap interval over users) and the share of the gap to
+the nearest other identity closed, against the held-out trackers and the
+cloak's own members, beside what people see on the written files (median and
+worst SSIMULACRA2, DSSIM, worst block) and the cost per photo. One plot per
+run: held-out PSR against median SSIMULACRA2, a curve per family.
+
 Knobs (`--experiments knobs`): the base cloak (first `--user-models` entry)
 and one variant per `--knob`, each judged by every `--trackers` entry (a
 tracker whose extractor is not in the variant's ensemble is held out) and by
@@ -40,19 +48,20 @@ QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, ba
              user_models=("dlib",), trackers=("dlib",), kinds=("probe", "knn"), probe_steps=200,
              budgets=(0.004, 0.012), transforms=("blur:1", "noise:0.02", "jpeg:50", "augment"),
              augment_copies=1, adaptive_photos=1, finetune_epochs=1,
-             transfer_models=("dlib", "sface"))
+             transfer_models=("dlib", "sface"), frontier_held_out=("sface",),
+             frontier_points=("budget=0.004 local_budget=0.01", "budget=0.012 local_budget=0.03"))
 
 # The experiments' names (jaxcloak.eval.experiments.EXPERIMENTS), repeated here
 # so building the parser does not import JAX; a test keeps them equal.
-EXPERIMENT_NAMES = ("matrix", "transfer", "knobs", "budget", "leakage", "robust", "adaptive",
-                    "detection", "transforms", "finetune")
+EXPERIMENT_NAMES = ("matrix", "transfer", "frontier", "knobs", "budget", "leakage", "robust",
+                    "adaptive", "detection", "transforms", "finetune")
 
 _LISTS = {  # flag -> (field, item parser); user models are separated by ';' or ','
     "user_models": ("user_models", str), "trackers": ("trackers", str), "kinds": ("kinds", str),
     "experiments": ("experiments", str), "budgets": ("budgets", float),
     "leaks": ("leaks", float), "transforms": ("transforms", str), "user_names": ("user_names", str),
     "focus_trackers": ("focus_trackers", str), "transfer_models": ("transfer_models", str),
-    "held_out": ("held_out", str),
+    "held_out": ("held_out", str), "frontier_held_out": ("frontier_held_out", str),
     "tracker_pipelines": ("tracker_pipelines", str),
 }
 _SCALARS = ("seed", "identities", "max_photos", "pool_identities", "pool_photos", "background",
@@ -90,7 +99,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="';'- or ','-separated user-side extractors; '+' joins an ensemble "
                       "(default dlib,facenet,sface,dlib+facenet+sface); the first is the base")
   g.add_argument("--budgets", help="comma list of DSSIM budgets for the budget curve")
-  g.add_argument("--target-choice", choices=["max", "average", "random"],
+  g.add_argument("--target-choice", choices=["max", "average", "random", "near"],
                  help="the base cloak's target choice (default max)")
   g.add_argument("--no-jpeg-aware", action="store_true",
                  help="cloak JPEGs on raw pixels, not through the simulated encode")
@@ -104,6 +113,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       "--user-models entry), space-separated; list fields take '+', e.g. --knob "
                       "views=1 --knob "
                       "'views=1 view_kinds=blur' --knob extractors=dlib+mobileface+faceres")
+  g.add_argument("--family", action="append", default=[], metavar="'FIELD=VALUE ...'",
+                 help="one curve of the frontier experiment (repeatable; default: the base "
+                      "cloak alone, 'base'): cloak settings changed from the base cloak, as "
+                      "--knob takes them")
+  g.add_argument("--point", action="append", default=[], metavar="'FIELD=VALUE ...'",
+                 help="one strength point of every frontier curve (repeatable; default: "
+                      "experiments.FRONTIER_POINTS, DSSIM 0.004-0.02 with the worst-block cap "
+                      "at 2.5x), settings applied on top of the family's")
   g = p.add_argument_group("trackers")
   g.add_argument("--trackers",
                  help="comma list of trackers EXTRACTOR[@PIPELINE]: dlib, facenet, sface, or "
@@ -118,6 +135,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       "(default: every registered extractor)")
   g.add_argument("--held-out", help="comma list: run only these leave-one-out folds (the "
                  "others' cloaks are not made), e.g. to finish a run that stopped")
+  g.add_argument("--frontier-held-out",
+                 help="comma list of trackers the frontier holds out of every cloak ensemble "
+                      "(default facenet,sface: the hardest to move today)")
   g.add_argument("--focus-trackers",
                  help="trackers for the costly transforms and finetune experiments "
                       "(default: the white-box ones, whose extractor is in the base user model)")
@@ -134,7 +154,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
   g.add_argument("--insightface-root", help="insightface model root (default ~/.insightface)")
   g = p.add_argument_group("experiments")
   g.add_argument("--experiments", help=f"comma list from {','.join(EXPERIMENT_NAMES)}, run in this "
-                      "order (default all but knobs)")
+                      "order (default all but knobs and frontier)")
   g.add_argument("--leaks", help="comma list of leaked fractions (default 0,0.2,0.5)")
   g.add_argument("--transforms", help="comma list: blur:SIGMA, noise:SIGMA, jpeg:QUALITY, augment")
   g.add_argument("--augment-copies", type=int)
@@ -163,6 +183,11 @@ def settings_from_args(args):
     values["cloak_overrides"] = tuple(cloak_override(x) for x in args.cloak)
   if getattr(args, "knob", None):
     values["knobs"] = tuple(knob(x) for x in args.knob)
+  if getattr(args, "family", None):
+    values["frontier_families"] = tuple(x if x.strip() == "base" else knob(x, "--family")
+                                        for x in args.family)
+  if getattr(args, "point", None):
+    values["frontier_points"] = tuple(knob(x, "--point") for x in args.point)
   return Settings(data=args.data, pool=args.pool, **values)
 
 
@@ -175,16 +200,17 @@ def cloak_override(text: str) -> tuple[str, object]:
     raise ValueError(f"--cloak {e}") from None
 
 
-def knob(text: str) -> str:
-  """A --knob: space-separated FIELD=VALUE settings, checked here, kept as typed."""
+def knob(text: str, flag: str = "--knob") -> str:
+  """A --knob (or --family, --point): space-separated FIELD=VALUE settings, checked
+  here, kept as typed."""
   from jaxcloak.config import parse_field
   for part in text.split():
     try:
       parse_field(part)
     except ValueError as e:
-      raise ValueError(f"--knob {e}") from None
+      raise ValueError(f"{flag} {e}") from None
   if not text.split():
-    raise ValueError("--knob needs at least one FIELD=VALUE")
+    raise ValueError(f"{flag} needs at least one FIELD=VALUE")
   return " ".join(text.split())
 
 

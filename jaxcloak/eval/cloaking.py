@@ -26,12 +26,15 @@ from jaxcloak.pipeline.cloaker import Cloaker
 from jaxcloak.pipeline.records import Face, Item
 
 
-_LABELLED = ("ensemble", "views", "view_kinds", "feature_dropout", "optimizer", "momentum",
-             "local_budget", "max_pixel_change", "refine_rounds")
+# Fields named in the label's short head; every other field is named when it is
+# not the default, so two configs that differ in anything get different labels.
+_HEAD = ("extractors", "budget", "steps", "mode", "target_choice", "stop_fraction",
+         "blur_sigmas", "jpeg_aware", "seed")
 
 
 def config_label(config: CloakConfig) -> str:
-  """A short, stable name for a config (used in keys and reports)."""
+  """A short, stable name for a config, unique to it: the key of its cloaked samples
+  and of the tracker features cached for them, and its name in reports."""
   parts = ["+".join(config.extractors), f"b{config.budget:g}", f"s{config.steps}",
            config.mode[0]]
   if config.target_choice != "max":
@@ -43,10 +46,10 @@ def config_label(config: CloakConfig) -> str:
   if not config.jpeg_aware:
     parts.append("rawpixels")
   default = CloakConfig()
-  for name in _LABELLED:  # transfer knobs, named only when set
-    v = getattr(config, name, None)
-    if v != getattr(default, name, None):
-      parts.append(f"{name}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
+  for f in dataclasses.fields(config):
+    v = getattr(config, f.name)
+    if f.name not in _HEAD and v != getattr(default, f.name):
+      parts.append(f"{f.name}={','.join(map(str, v)) if isinstance(v, tuple) else v}")
   if config.seed:
     parts.append(f"seed{config.seed}")
   return "/".join(parts)

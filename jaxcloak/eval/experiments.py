@@ -38,11 +38,15 @@ from jaxcloak.eval.cloaking import CloakRunner, Cloaked, config_label, pool_iden
 from jaxcloak.eval.dataset import Sample
 
 # Cheap, central experiments first: a long run's partial report is useful early.
-EXPERIMENTS = ("matrix", "transfer", "knobs", "budget", "leakage", "robust", "adaptive",
-               "detection", "transforms", "finetune")
-# Run when --experiments is not given: all but the knob table, which is a
-# study of its own (its rows are the ones the issue-9 table measures).
-DEFAULT_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e != "knobs")
+EXPERIMENTS = ("matrix", "transfer", "frontier", "knobs", "budget", "leakage", "robust",
+               "adaptive", "detection", "transforms", "finetune")
+# Run when --experiments is not given: all but the knob table and the frontier,
+# which are studies of their own.
+DEFAULT_EXPERIMENTS = tuple(e for e in EXPERIMENTS if e not in ("knobs", "frontier"))
+# The frontier's strength points: the DSSIM budget with the worst-block cap in the
+# ratio the presets hold it (0.012 : 0.03), so both bounds loosen together.
+FRONTIER_POINTS = ("budget=0.004 local_budget=0.01", "budget=0.008 local_budget=0.02",
+                   "budget=0.012 local_budget=0.03", "budget=0.02 local_budget=0.05")
 # The knob table's rows: each technique switched against the base cloak.
 KNOBS = ("local_budget=None", "ensemble=mean", "extractors=dlib+mobileface+faceres",
          "extractors=dlib_robust+mobileface", "views=1", "views=1 view_kinds=affine",
@@ -118,6 +122,13 @@ class Settings:
   # Knobs: each a space-separated list of CloakConfig FIELD=VALUE applied to
   # the base cloak (config.parse_field; e.g. "views=1 view_kinds=blur").
   knobs: tuple[str, ...] = KNOBS
+  # Frontier: each family (space-separated FIELD=VALUE settings on the base cloak,
+  # or "base") at each strength point (FIELD=VALUE settings on top of it), cloaked
+  # without the held-out models and judged by trackers on them (transfer) and on
+  # the cloak's own members (white-box).
+  frontier_families: tuple[str, ...] = ("base",)
+  frontier_points: tuple[str, ...] = FRONTIER_POINTS
+  frontier_held_out: tuple[str, ...] = ("facenet", "sface")  # tracker specs
   # Experiments.
   experiments: tuple[str, ...] = DEFAULT_EXPERIMENTS
   budgets: tuple[float, ...] = (0.002, 0.004, 0.007, 0.012, 0.017)
@@ -148,6 +159,24 @@ class Settings:
   def knob_config(self, knob: str) -> CloakConfig:
     """The base cloak with one knob's FIELD=VALUE settings applied."""
     return self.base_config(**dict(parse_field(part) for part in knob.split()))
+
+  def frontier_config(self, family: str, point: str) -> CloakConfig:
+    """A family at a strength point, its ensemble without the held-out models."""
+    fields = dict(parse_field(p) for p in ("" if family == "base" else family).split())
+    fields.update(parse_field(p) for p in point.split())
+    # A family is the preset's cloak (its own ensemble, not --user-models') plus its fields.
+    fields.setdefault("extractors", preset(self.preset).extractors)
+    config = self.base_config(**fields)
+    held = {pipelines.parse(t)[0] for t in self.frontier_held_out}
+    members = tuple(m for m in config.extractors if m not in held)
+    if not members:
+      raise ValueError(f"frontier family {family!r}: every member ({', '.join(config.extractors)})"
+                       " is held out; nothing is left to cloak with")
+    if members == config.extractors:
+      return config
+    weights = tuple(w for m, w in zip(config.extractors, config.extractor_weights)
+                    if m not in held)
+    return dataclasses.replace(config, extractors=members, extractor_weights=weights)
 
 
 class FeatureStore:
@@ -250,6 +279,9 @@ class Evaluation:
       cloak_models |= set(s.transfer_set())
     if "knobs" in s.experiments:
       cloak_models |= {m for k in s.knobs for m in s.knob_config(k).extractors}
+    if "frontier" in s.experiments:
+      cloak_models |= {m for f in s.frontier_families for p in s.frontier_points
+                       for m in s.frontier_config(f, p).extractors}
     cloak_models = sorted(cloak_models)
     self.log(f"target-pool features for {len(self.pool_samples)} identities ({', '.join(cloak_models)})")
     pool = pool_identity_features(cloak_models, self.pool_samples, self.features)
@@ -414,6 +446,10 @@ class Evaluation:
     if "knobs" in s.experiments:
       for k in s.knobs:
         s.knob_config(k)  # a bad knob fails before any work
+    if "frontier" in s.experiments:
+      for f in s.frontier_families:
+        for p in s.frontier_points:
+          s.frontier_config(f, p)  # likewise a bad family or point
     if not hasattr(self, "samples"):
       self.load()
     self._checkpoint = after_each or (lambda: None)
@@ -515,6 +551,52 @@ class Evaluation:
                         held_out=held_out, tracker_shift=shift, tracker_fooled=fooled)
       self.quality("knobs", config, knob=knob)
       self._checkpoint()  # a long table reports each row as it is measured
+
+  def exp_frontier(self) -> None:
+    """Protection against visibility, family by family (issue 22's yardstick).
+
+    Every family is swept over the strength points; at each point U's photos are
+    cloaked without the held-out models, and each tracker (the held-out ones,
+    then the cloak's own members: white-box) records PSR and the share of the
+    gap to the nearest other identity that the cloak closed (`gap_closed`,
+    metrics.gap_closed), a figure that moves long before PSR does. The point's
+    quality record carries what people see on the written files and the cost.
+    """
+    s = self.s
+    held = tuple(s.frontier_held_out)
+    for u in self.users:
+      for tr in held:
+        for kind in s.kinds:
+          self.record("frontier", None, "no cloak", u, tr, kind,
+                      self.track(tr, kind, u, self.splits[u].train), family="no cloak",
+                      point="", role="held-out")
+    for family in s.frontier_families:
+      for point in s.frontier_points:
+        config = s.frontier_config(family, point)
+        members = tuple(pipelines.spec(m, pipelines.DEFAULT) for m in config.extractors)
+        for u in self.users:
+          rows = [c for c in self.cloak(config, u) if c.sample is not None]
+          for tr, role in [(t, "held-out") for t in held] + [(t, "white-box") for t in members]:
+            gap = self._gap_closed(tr, u, rows)
+            for kind in s.kinds:
+              self.record("frontier", config, f"{family} @ {point}", u, tr, kind,
+                          self.track(tr, kind, u, [c.sample for c in rows]), family=family,
+                          point=point, role=role, gap_closed=gap)
+        self.quality("frontier", config, family=family, point=point)
+        self.runner.release(config)
+        self._checkpoint()  # each point reported as it is measured
+
+  def _gap_closed(self, tracker: str, user: str, rows: Sequence[Cloaked]) -> float | None:
+    """Mean over U's cloaked photos of metrics.gap_closed in the tracker's space: U's
+    centroid from U's clean test photos, the others' from their train photos."""
+    if not rows:
+      return None
+    own = metrics.unit_centroid(self.features(tracker, self.splits[user].test))
+    others = np.stack([metrics.unit_centroid(self.features(tracker, self.splits[n].train))
+                       for n in sorted(self.samples) if n != user and self.splits[n].train])
+    clean = self.features(tracker, [c.source for c in rows])
+    cloaked = self.features(tracker, [c.sample for c in rows])
+    return float(np.mean(metrics.gap_closed(clean, cloaked, own, others)))
 
   def _verdict(self, tracker: str, rows: Sequence[Cloaked]) -> tuple[float | None, float | None]:
     """A model's view of the written cloaks: mean L2 move of its unit features from
@@ -662,6 +744,7 @@ def _visibility(rows: Sequence[Cloaked]) -> dict:
   wb = [c.worst_block for c in rows if c.worst_block is not None]
   return {"ssimulacra2_min": float(np.min(s2)) if s2 else None,
           "ssimulacra2_mean": float(np.mean(s2)) if s2 else None,
+          "ssimulacra2_median": float(np.median(s2)) if s2 else None,
           "worst_block_max": float(np.max(wb)) if wb else None,
           "worst_block_mean": float(np.mean(wb)) if wb else None}
 

@@ -53,6 +53,44 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
   return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
 
 
+def bootstrap_interval(values: Sequence[float], *, level: float = 0.95, draws: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean over units (users), NaNs dropped."""
+  v = np.asarray([x for x in values if x == x], np.float64)
+  if v.size == 0:
+    return float("nan"), float("nan")
+  rng = np.random.default_rng(seed)
+  means = v[rng.integers(0, v.size, (draws, v.size))].mean(axis=1)
+  tail = (1.0 - level) / 2 * 100
+  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def unit_centroid(x: np.ndarray) -> np.ndarray:
+  """The unit-length mean direction of unit features [n, d]."""
+  c = np.asarray(x, np.float64).mean(axis=0)
+  return c / max(np.linalg.norm(c), 1e-12)
+
+
+def gap_closed(clean: np.ndarray, cloaked: np.ndarray, own: np.ndarray,
+               others: np.ndarray) -> np.ndarray:
+  """Per photo, the share of the way to the nearest other identity a cloak moved it.
+
+  In cosine similarity to unit centroids: (clean-to-own minus cloaked-to-own)
+  over (clean-to-own minus clean-to-nearest-other). 0 = not moved off the
+  person, 1 = as close to the person as the nearest other identity is; a
+  tracker's PSR rises only as this nears 1.
+
+  Args:
+    clean, cloaked: [n, d] features of the same photos before and after.
+    own: [d] unit centroid of the person; others: [k, d] of the other identities.
+  """
+  unit = lambda a: np.asarray(a, np.float64) / np.linalg.norm(a, axis=-1, keepdims=True)
+  clean, cloaked = unit(clean), unit(cloaked)
+  to_own, after = clean @ own, cloaked @ own
+  nearest = (clean @ np.asarray(others, np.float64).T).max(axis=1)
+  return (to_own - after) / np.maximum(to_own - nearest, 1e-6)
+
+
 def centroid(x: np.ndarray) -> np.ndarray:
   return np.asarray(x, np.float64).mean(axis=0)
 

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxcloak.eval.metrics import summarize
+from jaxcloak.eval.metrics import bootstrap_interval, summarize
 
 
 def _f(x, nd: int = 2) -> str:
@@ -225,6 +225,67 @@ def _knobs_section(records) -> str:
           + _table(header, table) + "\n")
 
 
+def frontier_points(records: Sequence[dict]) -> list[dict]:
+  """One row per (family, point) of the frontier experiment: per role and kind the
+  mean over users of PSR (a user's value: the mean over that role's trackers) with
+  a bootstrap interval over users, the gap closed per held-out tracker, and the
+  point's quality record (visibility, cost)."""
+  recs = [r for r in records if r.get("experiment") == "frontier"]
+  quality = {(r["family"], r["point"]): r for r in records
+             if r.get("experiment") == "quality" and r.get("for") == "frontier"}
+  out = []
+  for fam, point in OrderedDict.fromkeys((r["family"], r["point"]) for r in recs):
+    mine = [r for r in recs if r["family"] == fam and r["point"] == point]
+    row = {"family": fam, "point": point, "config": mine[0]["config"],
+           "quality": quality.get((fam, point), {})}
+    for role in OrderedDict.fromkeys(r["role"] for r in mine):
+      for kind in OrderedDict.fromkeys(r["kind"] for r in mine):
+        per_user: "OrderedDict[str, list]" = OrderedDict()
+        for r in mine:
+          if r["role"] == role and r["kind"] == kind:
+            per_user.setdefault(r["user"], []).append(r["psr"])
+        values = [float(np.mean(v)) for v in per_user.values()]
+        lo, hi = bootstrap_interval(values)
+        row[f"{role} {kind}"] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi,
+                                 "users": len(values)}
+    gaps: "OrderedDict[str, list]" = OrderedDict()
+    for r in mine:
+      if r["role"] == "held-out" and r.get("gap_closed") is not None and r["kind"] == mine[0]["kind"]:
+        gaps.setdefault(r["tracker"], []).append(r["gap_closed"])
+    row["gap_closed"] = {t: float(np.mean(v)) for t, v in gaps.items()}
+    out.append(row)
+  return out
+
+
+def _frontier_section(records) -> str:
+  rows = frontier_points(records)
+  if not rows:
+    return ""
+  roles = list(OrderedDict.fromkeys(k for r in rows for k in r
+                                    if k.startswith(("held-out ", "white-box "))))
+  held = list(OrderedDict.fromkeys(t for r in rows for t in r["gap_closed"]))
+  cell = lambda c: f"{_f(c['mean'])} [{_f(c['lo'])}, {_f(c['hi'])}]" if c else ""
+  table = []
+  for r in rows:
+    q = r["quality"]
+    table.append([r["family"], r["point"] or "-"] + [cell(r.get(k)) for k in roles]
+                 + [_f(r["gap_closed"].get(t)) for t in held]
+                 + [_f(q.get("ssimulacra2_median"), 1), _f(q.get("ssimulacra2_min"), 1),
+                    _f(q.get("dssim_mean"), 4), _f(q.get("worst_block_max"), 3),
+                    _f(q.get("seconds_per_photo"), 2)])
+  header = ["family", "point"] + [f"PSR {k}" for k in roles] + [f"gap closed {t}" for t in held]
+  header += ["median SSIMULACRA2", "worst SSIMULACRA2", "DSSIM mean", "worst block DSSIM",
+             "s/photo"]
+  return ("## Frontier: protection against visibility\n\nEach family at each strength point, "
+          "cloaked without the held-out models. PSR: mean over users (a user's value is the "
+          "mean over the role's trackers) [95% bootstrap interval over users]; held-out = "
+          "trackers on models the cloak never used, white-box = its own members. Gap closed: "
+          "per held-out tracker, the mean share of the way from the person's centroid to the "
+          "nearest other identity's that the cloak moved a photo (metrics.gap_closed; PSR rises "
+          "only as it nears 1). Visibility on the written files; s/photo: wall time, compile "
+          "included, shared CPU.\n\n" + _table(header, table) + "\n")
+
+
 def _quality_section(records) -> str:
   rows = [r for r in records if r.get("experiment") == "quality"]
   if not rows:
@@ -318,6 +379,7 @@ def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
       "Settings: `" + json.dumps(settings, default=str) + "`", ""]
   parts.append(_matrix_section(records))
   parts.append(_transfer_section(records, info))
+  parts.append(_frontier_section(records))
   parts.append(_knobs_section(records))
   parts.append(_psr_section(records, "budget", "PSR vs DSSIM budget (paper Fig. 16)",
                             "Base user model; one cloak per budget."))
@@ -440,6 +502,40 @@ def write_plots(out_dir: Path, records: Sequence[dict], drawn: dict | None = Non
       ax.set_title(f"Leave-one-out transfer: held-out model's tracker ({kind})")
       ax.legend(fontsize=7)
     save(fig, "psr_transfer.png")
+
+  rows = frontier_points(records)
+  if rows and not unchanged("frontier", rows):
+    kinds = list(OrderedDict.fromkeys(k.split(" ", 1)[1] for r in rows for k in r
+                                      if k.startswith("held-out ")))
+    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(5 * (len(kinds) + 1), 4), squeeze=False)
+    for fam in OrderedDict.fromkeys(r["family"] for r in rows):
+      if fam == "no cloak":
+        for ax, kind in zip(axes[0], kinds):
+          base = next(r for r in rows if r["family"] == fam).get(f"held-out {kind}")
+          if base:
+            ax.axhline(base["mean"], color="gray", ls="--", lw=1, label="no cloak")
+        continue
+      rs = [r for r in rows if r["family"] == fam and r["quality"].get("ssimulacra2_median")]
+      rs.sort(key=lambda r: -r["quality"]["ssimulacra2_median"])
+      xs = [r["quality"]["ssimulacra2_median"] for r in rs]
+      for ax, kind in zip(axes[0], kinds):
+        cs = [r.get(f"held-out {kind}") for r in rs]
+        ys = [c["mean"] for c in cs]
+        err = [[c["mean"] - c["lo"] for c in cs], [c["hi"] - c["mean"] for c in cs]]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=fam)
+      gaps = [np.mean(list(r["gap_closed"].values())) if r["gap_closed"] else np.nan for r in rs]
+      axes[0, -1].plot(xs, gaps, marker="o", label=fam)
+    for ax, kind in zip(axes[0], kinds):
+      ax.set_ylabel(f"held-out PSR ({kind}), 95% bootstrap over users")
+      ax.set_ylim(-0.05, 1.05)
+    axes[0, -1].set_ylabel("gap closed (mean over held-out trackers)")
+    axes[0, -1].axhline(1.0, color="gray", ls=":", lw=1)
+    for ax in axes[0]:
+      ax.set_xlabel("median face SSIMULACRA2 on the written files (higher = less visible)")
+      ax.invert_xaxis()
+      ax.legend(fontsize=7)
+    fig.suptitle("Frontier: protection against visibility, one curve per family")
+    save(fig, "frontier.png")
 
   rows = aggregate(records, "leakage")
   if rows and not unchanged("leakage", rows):

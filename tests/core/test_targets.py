@@ -35,6 +35,17 @@ def test_max_average_random_choices():
   assert targets.choose_target(user, pool, choice="max", exclude=("id5",), **kw).name == "id4"
 
 
+def test_near_blends_the_nearest_identities():
+  pool = _pool()
+  user = {"m": _unit(np.array([[1, 0, 0, 0], [0.99, 0.05, 0, 0]]))}
+  t = targets.choose_target(user, pool, choice="near", top_k=2, extractors=("m",), weights=(1.0,))
+  assert t.name == "id0+id1" and t.choice == "near"
+  want = _unit(pool.centroids("m")[:2].mean(0))
+  np.testing.assert_allclose(t.features["m"], want)
+  far = targets.choose_target(user, pool, choice="max", extractors=("m",), weights=(1.0,))
+  assert t.distance < far.distance
+
+
 def test_target_features_are_unit_centroids():
   pool = _pool()
   user = {"m": _unit(np.array([[1, 0, 0, 0]]))}

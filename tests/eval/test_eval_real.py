@@ -95,13 +95,14 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
              "--identities", "6", "--max-photos", "6", "--train-per-user", "3",
              "--pool-identities", "6", "--pool-photos", "2", "--background", "2", "--steps", "3",
              "--budgets", "0.004", "--transforms", "jpeg:50,augment", "--adaptive-photos", "0",
-             "--experiments", "matrix,transfer,knobs,budget,leakage,transforms,robust,adaptive",
+             "--experiments",
+             "matrix,transfer,frontier,knobs,budget,leakage,transforms,robust,adaptive",
              "--knob", "budget=0.007", "--cloak", "max_region=160", "--quiet"])
   assert rc == 0
   md = (out / "report.md").read_text()
   for section in ("PSR matrix", "PSR vs DSSIM budget", "leaked clean photos", "after transforms",
                   "Robust tracker", "Adaptive tracker", "Cloak quality", "Transfer: leave one",
-                  "Knobs: each technique"):
+                  "Knobs: each technique", "Frontier: protection against visibility"):
     assert section in md
   recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
   info, rows = recs[0], [r for r in recs[1:] if "psr_n" in r]
@@ -135,3 +136,22 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   assert kq["budget=0.007"]["budget"] == 0.007 and kq["base"]["budget"] == 0.004
   assert all(40 < q["ssimulacra2_min"] <= 100 and 0 < q["worst_block_max"] < 0.2
              for q in kq.values())
+  # Frontier (quick: the low cloak at two strengths, sface held out, dlib white-box).
+  fr = [r for r in rows if r["experiment"] == "frontier"]
+  points = ("budget=0.004 local_budget=0.01", "budget=0.012 local_budget=0.03")
+  assert {(r["point"], r["role"], r["tracker"]) for r in fr if r["family"] == "base"} == {
+      (p, role, t) for p in points for role, t in (("held-out", "sface"), ("white-box", "dlib"))}
+  assert {r["tracker"] for r in fr if r["family"] == "no cloak"} == {"sface"}
+  cloaked = [r for r in fr if r["family"] == "base"]
+  assert all(np.isfinite(r["gap_closed"]) and -1 < r["gap_closed"] < 3 for r in cloaked)
+  from jaxcloak.eval import report
+  points_rows = [r for r in report.frontier_points(recs) if r["family"] == "base"]
+  assert [r["point"] for r in points_rows] == list(points)
+  for r in points_rows:
+    c = r["held-out probe"]
+    assert c["users"] == 2 and c["lo"] <= c["mean"] <= c["hi"]
+    q = r["quality"]
+    assert q["dssim_max"] <= q["budget"] + 1e-6 and 40 < q["ssimulacra2_median"] <= 100
+  weak, strong = (r["quality"] for r in points_rows)
+  assert strong["dssim_mean"] > weak["dssim_mean"]  # the strength axis is real
+  assert (out / "frontier.png").exists()

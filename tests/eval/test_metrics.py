@@ -231,3 +231,30 @@ def test_cli_parser_is_light_and_maps_flags_to_settings():
   assert s.users == 3 and s.steps == 10 and s.user_models == ("dlib", "dlib+sface")
   assert s.budgets == (0.01, 0.02) and s.base_config().extractors == ("dlib",)
   assert s.base_config("dlib+sface").extractors == ("dlib", "sface")
+
+
+def test_gap_closed_is_zero_unmoved_and_one_at_the_nearest_other_identity():
+  own = np.array([1.0, 0.0, 0.0])
+  others = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+  clean = np.array([[0.9, 0.3, 0.1]])
+  nearest = clean @ others.T
+  # Unmoved: 0. Moved to the point as close to U as to the nearest other centroid: 1.
+  np.testing.assert_allclose(metrics.gap_closed(clean, clean, own, others), [0.0], atol=1e-12)
+  halfway = np.array([[1.0, 1.0, 0.0]]) / np.sqrt(2)  # cos to own == cos to the nearest other
+  unit_clean = clean / np.linalg.norm(clean)
+  want = (unit_clean @ own - halfway @ own) / (unit_clean @ own - (unit_clean @ others.T).max())
+  np.testing.assert_allclose(metrics.gap_closed(clean, halfway, own, others), want)
+  assert nearest.shape == (1, 2)
+  # Moving toward U's own centroid closes a negative share.
+  assert metrics.gap_closed(clean, own[None], own, others)[0] < 0
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():
+  rng = np.random.default_rng(0)
+  few, many = rng.uniform(0, 1, 5), rng.uniform(0, 1, 200)
+  lo, hi = metrics.bootstrap_interval(few)
+  assert lo <= few.mean() <= hi
+  lo2, hi2 = metrics.bootstrap_interval(many)
+  assert hi2 - lo2 < hi - lo
+  assert metrics.bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+  assert np.isnan(metrics.bootstrap_interval([float("nan")])[0])
