@@ -12,6 +12,7 @@ from typing import Literal
 Mode = Literal["targeted", "untargeted"]
 TargetChoice = Literal["max", "average", "random", "near"]
 Ensemble = Literal["mean", "balanced"]
+Perturbation = Literal["pixels", "shaped"]
 VIEW_KINDS = ("affine", "flip", "blur", "jpeg", "noise")
 
 
@@ -58,6 +59,21 @@ class CloakConfig:
   # worst block (1/8 of the region side) and a per-pixel change cap (of 1.0).
   local_budget: float | None = None  # DSSIM cap on the worst block of a face
   max_pixel_change: float | None = None  # cap on each pixel's change, in [0, 1] units
+  # What the search changes. "pixels": every pixel freely (fine coloured
+  # speckle); "shaped": a smooth change, optimised at 1/smooth_factor of the
+  # face region's side and upsampled, of luma and chroma each bounded per pixel
+  # by a just-noticeable-difference map of the photo (texture, dark and bright
+  # areas hide more; flat skin and colour less). The DSSIM budgets apply to both.
+  perturbation: Perturbation = "pixels"
+  # "shaped": the search grid is this many times coarser than the region. 2
+  # measured best on LFW faces (issue 22): under the same DSSIM budget a
+  # coarser, smoother change grows larger and SSIMULACRA2 sees it as blotches.
+  smooth_factor: int = 2
+  jnd_luma: float = 0.012  # "shaped": luma change bound on flat mid-grey, [0, 1] units (3/255)
+  # "shaped": colour (Cb, Cr) change bound on flat mid-grey, a quarter level:
+  # colour casts are what people see, and the recognizers barely use them.
+  jnd_chroma: float = 0.001
+  jnd_masking: float = 3.0  # "shaped": the most texture or luminance raise the jnd bounds (x)
   batch_size: int = 8  # faces per compiled batch (size it for the device)
   # JPEG output: None keeps the input's quantisation tables (same quality and
   # size); an int re-encodes at that quality. Low-quality inputs erase part of
@@ -110,6 +126,14 @@ class CloakConfig:
       raise ValueError(f"local_budget must be in (0, 1), got {self.local_budget}")
     if self.max_pixel_change is not None and not 0.0 < self.max_pixel_change <= 1.0:
       raise ValueError(f"max_pixel_change must be in (0, 1], got {self.max_pixel_change}")
+    if self.perturbation not in ("pixels", "shaped"):
+      raise ValueError(f"perturbation must be 'pixels' or 'shaped', got {self.perturbation!r}")
+    if self.smooth_factor < 1:
+      raise ValueError("smooth_factor must be >= 1")
+    if not (0.0 < self.jnd_luma <= 1.0 and 0.0 < self.jnd_chroma <= 1.0):
+      raise ValueError("jnd_luma and jnd_chroma must be in (0, 1]")
+    if self.jnd_masking < 1.0:
+      raise ValueError("jnd_masking must be >= 1")
     if self.target_choice not in ("max", "average", "random", "near"):
       raise ValueError("target_choice must be max, average, random or near, got "
                        f"{self.target_choice!r}")

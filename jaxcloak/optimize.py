@@ -16,6 +16,12 @@ transformations of each model's input join the loss (`views.py`).
 When the output is a JPEG, the features are taken after a differentiable round
 trip of x' through that encoder (`jpeg.py`), so the cloak is built from what
 the encoder keeps.
+With `perturbation="shaped"` the search variable is no longer every pixel: a
+field u at 1/`smooth_factor` of the region's side is upsampled (so the change is
+low-frequency) and mapped to a change of luma and chroma bounded per pixel by a
+just-noticeable-difference map of the original, delta = jnd * tanh(u)
+(`losses.jnd_bounds`): texture and dark or bright surroundings hide more, flat
+skin and colour less. The DSSIM budgets still apply on top.
 Images are float32 NHWC in [0, 1].
 
 The whole step loop is one `lax.while_loop`. On XLA CPU a convolution's input
@@ -27,7 +33,7 @@ are built from `models/layers.py`, whose convolutions avoid that
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -86,17 +92,23 @@ class Knobs(NamedTuple):
   seed: Any  # int32 scalar: views and dropout draw from it
   learning_rate: Any  # float32 scalar
   penalty_init: Any  # float32 scalar: initial weight on the DSSIM excess
+  # float32 scalars, the "shaped" perturbation's bounds (config.jnd_*); unread by "pixels".
+  jnd_luma: Any
+  jnd_chroma: Any
+  jnd_masking: Any
 
   @classmethod
   def of(cls, config: CloakConfig) -> "Knobs":
     return cls(np.int32(config.steps), np.int32(config.seed), np.float32(config.learning_rate),
-               np.float32(config.penalty_init))
+               np.float32(config.penalty_init), np.float32(config.jnd_luma),
+               np.float32(config.jnd_chroma), np.float32(config.jnd_masking))
 
 
 # Fields the compiled loop takes as data (Knobs, the batch's budgets) or never reads
 # (target choice): configs that differ only in these compile to the same programs.
 DATA_FIELDS = {"budget": 0.5, "target_choice": "max", "target_top_k": 5, "steps": 1, "seed": 0,
-               "learning_rate": 0.01, "penalty_init": 50.0}
+               "learning_rate": 0.01, "penalty_init": 50.0, "jnd_luma": 0.01,
+               "jnd_chroma": 0.01, "jnd_masking": 1.0}
 
 
 def program_config(config: CloakConfig) -> CloakConfig:
@@ -152,6 +164,55 @@ def _dropout_interceptor(key, rate: float):
   return intercept
 
 
+# What the loop searches over: (batch, knobs) -> (w0, pixels), the first
+# iterate and the map from an iterate to the region's pixels (before the
+# per-pixel cap and the mask).
+Parametrisation = Callable[[Batch, Knobs], tuple[jax.Array, Callable[[jax.Array], jax.Array]]]
+
+# Scales the shaped field u so that a learning rate moves the upsampled tanh
+# argument by 10x as much: Adam's steps are ~lr in u, and at the default lr the
+# bound is then reached in ~20 steps, as pixel mode's speckle is.
+SHAPED_GAIN = 10.0
+
+
+def pixel_noise(batch: Batch, knobs: Knobs):
+  """Every pixel free, in tanh space: x = (tanh(w) + 1) / 2 (Carlini & Wagner 2017)."""
+  del knobs
+  w0 = losses.to_tanh_space(batch.patches if batch.starts is None else batch.starts)
+  return w0, losses.from_tanh_space
+
+
+def shaped_noise(smooth_factor: int) -> Parametrisation:
+  """A low-frequency luma/chroma change under a just-noticeable-difference bound.
+
+  w is a [b, s/f, s/f, 3] field (f = smooth_factor) in (Y, Cb, Cr); the change is
+  delta = jnd * tanh(z0 + upsample(w)), jnd the per-pixel bounds of the original
+  (`losses.jnd_bounds`), so every pixel's luma and chroma change stays within
+  its bound whatever the search does. A start (a refine round's written pixels)
+  enters as z0, its change in the same coordinates, so the search resumes from it
+  with w = 0 and its change is bounded against the original too.
+  """
+  def parametrise(batch: Batch, knobs: Knobs):
+    orig = batch.patches
+    b, s = orig.shape[0], orig.shape[1]
+    jnd = losses.jnd_bounds(orig, batch.masks, luma=knobs.jnd_luma, chroma=knobs.jnd_chroma,
+                            masking=knobs.jnd_masking, feather=2 * smooth_factor)
+    z0 = 0.0
+    if batch.starts is not None:
+      # Kept off tanh's flat tails: a start at its bound would freeze those pixels.
+      ratio = losses.rgb_to_ycbcr(batch.starts - orig) / jnp.maximum(jnd, 1e-12)
+      z0 = jnp.arctanh(jnp.clip(ratio, -0.95, 0.95))
+    low = -(-s // smooth_factor)
+
+    def pixels(w):
+      z = jax.image.resize(SHAPED_GAIN * w, (b, s, s, 3), "cubic") + z0
+      return jnp.clip(orig + losses.ycbcr_to_rgb(jnd * jnp.tanh(z)), 0.0, 1.0)
+
+    return jnp.zeros((b, low, low, 3), jnp.float32), pixels
+
+  return parametrise
+
+
 def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> CloakFn:
   """Builds the jitted whole-batch optimisation for the given extractors and config."""
   extractors = tuple(extractors)
@@ -169,6 +230,8 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
   dropout = config.feature_dropout
   stop_fraction = config.stop_fraction
   max_change = config.max_pixel_change
+  parametrise = pixel_noise if config.perturbation == "pixels" \
+      else shaped_noise(config.smooth_factor)
   traces: list = []
 
   def embed(ext, p, crops, key=None):
@@ -233,13 +296,13 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     orig = batch.patches
     mask = batch.masks[..., None]
     block = losses.block_size(orig.shape[1])
-    w0 = losses.to_tanh_space(orig if batch.starts is None else batch.starts)
+    w0, raw_pixels = parametrise(batch, knobs)
     self_feats = plain_features(params, orig, batch.affines)
     refs = list(batch.targets) if targeted else self_feats
     start = member_sq_distances(self_feats, refs)  # [m, b]
 
     def pixels(w):
-      x = losses.from_tanh_space(w)
+      x = raw_pixels(w)
       if max_change is not None:  # per-pixel cap on what people can see
         x = orig + jnp.clip(x - orig, -max_change, max_change)
       return x * mask + orig * (1.0 - mask)

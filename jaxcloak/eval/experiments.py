@@ -274,7 +274,11 @@ class Evaluation:
     self.classes = sorted(self.samples) + self.background
     self.label = {n: i for i, n in enumerate(self.classes)}
     self.features = FeatureStore(s)
-    cloak_models = {m for um in s.user_models for m in um.split("+")}
+    # Target-pool features only for the models some experiment of the run cloaks with
+    # (each model costs minutes on a CPU for a 200-identity pool).
+    cloak_models = set()
+    if set(s.experiments) - {"transfer", "frontier"}:
+      cloak_models |= {m for um in s.user_models for m in um.split("+")}
     if "transfer" in s.experiments:
       cloak_models |= set(s.transfer_set())
     if "knobs" in s.experiments:
