@@ -106,6 +106,14 @@ def paste(rgb: np.ndarray, region: Region, cloaked_patch: np.ndarray,
   return out
 
 
+def hold_cap(original: np.ndarray, rgb: np.ndarray, cap: float) -> np.ndarray:
+  """`rgb` with every pixel within `cap` (of 1.0, whole levels) of `original`: faces
+  pasted one after another add their changes where their regions overlap."""
+  levels = int(cap * 255 + 1e-6)
+  change = np.clip(rgb.astype(np.int16) - original, -levels, levels)
+  return (original + change).astype(np.uint8)
+
+
 @jax.jit
 def _masked_dssim(a, b, mask):
   return losses.dssim(a[None], b[None], mask[None])[0]

@@ -271,6 +271,9 @@ class Cloaker(FaceFinder):
       rgb = photo.rgb
       for f in cloaked:
         rgb = regions_lib.paste(rgb, f.region, f.cloaked_patch, f.strength)
+      if self.config.max_pixel_change is not None and len(cloaked) > 1:
+        # Overlapping regions add their changes: hold the cap on the sum.
+        rgb = regions_lib.hold_cap(photo.rgb, rgb, self.config.max_pixel_change)
       data, fmt = photo_io.encode(photo, rgb, strip_metadata=self.strip_metadata,
                                   jpeg_quality=self.config.jpeg_quality)
       written = photo_io.decode(data, name=item.name, max_pixels=self.max_pixels).rgb

@@ -17,7 +17,7 @@ from jaxcloak.pipeline.records import Item
 def _pool_key(pool_dir: Path, files: list[Path], extractors: Sequence[str],
               upscale: bool) -> str:
   h = hashlib.sha256()
-  h.update(("|".join(extractors) + f"|upscale={upscale}|v1").encode())
+  h.update(("|".join(extractors) + f"|upscale={upscale}|v2").encode())
   for f in files:
     st = f.stat()
     h.update(f"{f.relative_to(pool_dir)}:{st.st_size}:{int(st.st_mtime)}".encode())

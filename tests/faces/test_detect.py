@@ -112,6 +112,22 @@ def test_one_compile_per_bucket(detector, photos):
   assert detector._forward._cache_size() == before
 
 
+def test_a_face_that_fills_the_frame_is_found(detector, resized, photos):
+  """A close-up (the face cut tight, as a selfie or dlib's chip frames it) is too large
+  for YuNet at 640 px; the framed second look finds it, landmarks where the full
+  photo's detection puts them."""
+  for im, full in zip(photos, resized):
+    i = full.nearest(CENTRE, 40)
+    x, y, w, h = full.boxes[i]
+    x0, y0 = int(x + 0.1 * w), int(y + 0.1 * h)  # the face box less 10% a side
+    crop = im[y0:int(y + 0.9 * h), x0:int(x + 0.9 * w)]
+    assert not len(detector._detect([crop])[0])  # too large for the first look
+    d = detector([crop])[0]
+    assert len(d) == 1, "the framed second look found no face"
+    want = full.landmarks[i] - np.array([x0, y0], np.float32)
+    assert np.abs(d.landmarks[0] - want).max() < 0.15 * w, (d.landmarks[0], want)
+
+
 def test_float_and_uint8_inputs_agree(native_detector, photos):
   a, b = native_detector([photos[0], photos[0].astype(np.float32) / 255.0])
   np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
