@@ -591,8 +591,8 @@ class Evaluation:
         self._checkpoint()  # each point reported as it is measured
 
   def _gap_closed(self, tracker: str, user: str, rows: Sequence[Cloaked]) -> float | None:
-    """Mean over U's cloaked photos of metrics.gap_closed in the tracker's space: U's
-    centroid from U's clean test photos, the others' from their train photos."""
+    """metrics.gap_closed of U's cloaked photos in the tracker's space: U's centroid
+    from U's clean test photos, the others' from their train photos."""
     if not rows:
       return None
     own = metrics.unit_centroid(self.features(tracker, self.splits[user].test))
@@ -600,7 +600,7 @@ class Evaluation:
                        for n in sorted(self.samples) if n != user and self.splits[n].train])
     clean = self.features(tracker, [c.source for c in rows])
     cloaked = self.features(tracker, [c.sample for c in rows])
-    return float(np.mean(metrics.gap_closed(clean, cloaked, own, others)))
+    return metrics.gap_closed(clean, cloaked, own, others)
 
   def _verdict(self, tracker: str, rows: Sequence[Cloaked]) -> tuple[float | None, float | None]:
     """A model's view of the written cloaks: mean L2 move of its unit features from

@@ -72,13 +72,16 @@ def unit_centroid(x: np.ndarray) -> np.ndarray:
 
 
 def gap_closed(clean: np.ndarray, cloaked: np.ndarray, own: np.ndarray,
-               others: np.ndarray) -> np.ndarray:
-  """Per photo, the share of the way to the nearest other identity a cloak moved it.
+               others: np.ndarray) -> float:
+  """The share of the way to the nearest other identity that a cloak moved a
+  person's photos.
 
-  In cosine similarity to unit centroids: (clean-to-own minus cloaked-to-own)
-  over (clean-to-own minus clean-to-nearest-other). 0 = not moved off the
-  person, 1 = as close to the person as the nearest other identity is; a
-  tracker's PSR rises only as this nears 1.
+  In cosine similarity to unit centroids, averaged over the photos first:
+  (clean-to-own minus cloaked-to-own) over (clean-to-own minus
+  clean-to-nearest-other). 0 = not moved off the person, 1 = as close to the
+  person as the nearest other identity is; a tracker's PSR rises only as this
+  nears 1. A ratio of means, not a mean of ratios: a photo already nearly as
+  close to another identity would divide by almost nothing.
 
   Args:
     clean, cloaked: [n, d] features of the same photos before and after.
@@ -88,7 +91,7 @@ def gap_closed(clean: np.ndarray, cloaked: np.ndarray, own: np.ndarray,
   clean, cloaked = unit(clean), unit(cloaked)
   to_own, after = clean @ own, cloaked @ own
   nearest = (clean @ np.asarray(others, np.float64).T).max(axis=1)
-  return (to_own - after) / np.maximum(to_own - nearest, 1e-6)
+  return float((to_own - after).mean() / max((to_own - nearest).mean(), 1e-6))
 
 
 def centroid(x: np.ndarray) -> np.ndarray:

@@ -228,7 +228,8 @@ def _knobs_section(records) -> str:
 def frontier_points(records: Sequence[dict]) -> list[dict]:
   """One row per (family, point) of the frontier experiment: per role and kind the
   mean over users of PSR (a user's value: the mean over that role's trackers) with
-  a bootstrap interval over users, the gap closed per held-out tracker, and the
+  a bootstrap interval over users, the gap closed per held-out tracker (the median
+  over users), and the
   point's quality record (visibility, cost)."""
   recs = [r for r in records if r.get("experiment") == "frontier"]
   quality = {(r["family"], r["point"]): r for r in records
@@ -252,7 +253,7 @@ def frontier_points(records: Sequence[dict]) -> list[dict]:
     for r in mine:
       if r["role"] == "held-out" and r.get("gap_closed") is not None and r["kind"] == mine[0]["kind"]:
         gaps.setdefault(r["tracker"], []).append(r["gap_closed"])
-    row["gap_closed"] = {t: float(np.mean(v)) for t, v in gaps.items()}
+    row["gap_closed"] = {t: float(np.median(v)) for t, v in gaps.items()}  # over users
     out.append(row)
   return out
 
@@ -280,7 +281,7 @@ def _frontier_section(records) -> str:
           "cloaked without the held-out models. PSR: mean over users (a user's value is the "
           "mean over the role's trackers) [95% bootstrap interval over users]; held-out = "
           "trackers on models the cloak never used, white-box = its own members. Gap closed: "
-          "per held-out tracker, the mean share of the way from the person's centroid to the "
+          "per held-out tracker, the median over users of the share of the way from the person's centroid to the "
           "nearest other identity's that the cloak moved a photo (metrics.gap_closed; PSR rises "
           "only as it nears 1). Visibility on the written files; s/photo: wall time, compile "
           "included, shared CPU.\n\n" + _table(header, table) + "\n")

@@ -236,17 +236,19 @@ def test_cli_parser_is_light_and_maps_flags_to_settings():
 def test_gap_closed_is_zero_unmoved_and_one_at_the_nearest_other_identity():
   own = np.array([1.0, 0.0, 0.0])
   others = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
-  clean = np.array([[0.9, 0.3, 0.1]])
-  nearest = clean @ others.T
-  # Unmoved: 0. Moved to the point as close to U as to the nearest other centroid: 1.
-  np.testing.assert_allclose(metrics.gap_closed(clean, clean, own, others), [0.0], atol=1e-12)
-  halfway = np.array([[1.0, 1.0, 0.0]]) / np.sqrt(2)  # cos to own == cos to the nearest other
-  unit_clean = clean / np.linalg.norm(clean)
-  want = (unit_clean @ own - halfway @ own) / (unit_clean @ own - (unit_clean @ others.T).max())
-  np.testing.assert_allclose(metrics.gap_closed(clean, halfway, own, others), want)
-  assert nearest.shape == (1, 2)
+  clean = np.array([[0.9, 0.3, 0.1], [0.95, 0.1, 0.2]])
+  assert abs(metrics.gap_closed(clean, clean, own, others)) < 1e-12
+  # Each photo moved to where it is as close to U as to its nearest other centroid: 1.
+  unit = clean / np.linalg.norm(clean, axis=1, keepdims=True)
+  nearest = others[(unit @ others.T).argmax(axis=1)]
+  halfway = (own + nearest) / np.linalg.norm(own + nearest, axis=1, keepdims=True)
+  want = (unit @ own - halfway @ own).mean() / (unit @ own - (unit @ others.T).max(1)).mean()
+  assert np.isclose(metrics.gap_closed(clean, halfway, own, others), want)
   # Moving toward U's own centroid closes a negative share.
-  assert metrics.gap_closed(clean, own[None], own, others)[0] < 0
+  assert metrics.gap_closed(clean, np.stack([own, own]), own, others) < 0
+  # A photo already as close to another identity does not blow the figure up.
+  tie = np.array([[1.0, 1.0, 0.0]])
+  assert np.isfinite(metrics.gap_closed(np.r_[tie, clean], np.r_[tie, clean], own, others))
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_users():
