@@ -59,6 +59,10 @@ class CloakConfig:
   # worst block (1/8 of the region side) and a per-pixel change cap (of 1.0).
   local_budget: float | None = None  # DSSIM cap on the worst block of a face
   max_pixel_change: float | None = None  # cap on each pixel's change, in [0, 1] units
+  # A floor on each face's SSIMULACRA2 (100 = identical, 70 high quality) on the
+  # written file, which sees colour casts and blotches DSSIM's luminance term
+  # misses; a face under it is scaled back as for the DSSIM budget. None = off.
+  min_ssimulacra2: float | None = None
   # What the search changes. "pixels": every pixel freely (fine coloured
   # speckle); "shaped": a smooth change, optimised at 1/smooth_factor of the
   # face region's side and upsampled, of luma and chroma each bounded per pixel
@@ -126,6 +130,8 @@ class CloakConfig:
       raise ValueError(f"local_budget must be in (0, 1), got {self.local_budget}")
     if self.max_pixel_change is not None and not 0.0 < self.max_pixel_change <= 1.0:
       raise ValueError(f"max_pixel_change must be in (0, 1], got {self.max_pixel_change}")
+    if self.min_ssimulacra2 is not None and not 0.0 < self.min_ssimulacra2 < 100.0:
+      raise ValueError(f"min_ssimulacra2 must be in (0, 100), got {self.min_ssimulacra2}")
     if self.perturbation not in ("pixels", "shaped"):
       raise ValueError(f"perturbation must be 'pixels' or 'shaped', got {self.perturbation!r}")
     if self.smooth_factor < 1:

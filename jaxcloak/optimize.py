@@ -108,7 +108,8 @@ class Knobs(NamedTuple):
 # (target choice): configs that differ only in these compile to the same programs.
 DATA_FIELDS = {"budget": 0.5, "target_choice": "max", "target_top_k": 5, "steps": 1, "seed": 0,
                "learning_rate": 0.01, "penalty_init": 50.0, "jnd_luma": 0.01,
-               "jnd_chroma": 0.01, "jnd_masking": 1.0}
+               "jnd_chroma": 0.01, "jnd_masking": 1.0,
+               "min_ssimulacra2": None}  # held on the written file, outside the loop
 
 
 def program_config(config: CloakConfig) -> CloakConfig:

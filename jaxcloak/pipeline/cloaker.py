@@ -267,6 +267,7 @@ class Cloaker(FaceFinder):
         item.message = f"{item.name}: faces found but none cloakable ({_statuses(item.faces)})"
       return
     photo = item.photo
+    floor = self.config.min_ssimulacra2
     for _ in range(40):
       rgb = photo.rgb
       for f in cloaked:
@@ -281,19 +282,22 @@ class Cloaker(FaceFinder):
       for f in cloaked:
         f.stats["dssim"] = regions_lib.region_dssim(photo.rgb, written, f.region.box)
         f.stats["worst_block"] = regions_lib.worst_block(f.region, written)
+        f.stats["ssimulacra2"] = quality.region_ssimulacra2(photo.rgb, written, f.region.box)
         local = self.config.local_budget
-        if f.stats["dssim"] > self.config.budget or (local and f.stats["worst_block"] > local):
+        seen = floor is not None and f.stats["ssimulacra2"] is not None \
+            and f.stats["ssimulacra2"] < floor
+        if f.stats["dssim"] > self.config.budget or seen \
+            or (local and f.stats["worst_block"] > local):
           f.strength *= 0.93  # JPEG re-encoding adds a little DSSIM; back off gently
           over = True
       if not over:
         break
     else:
       item.status = "over_budget"
-      item.message = f"{item.name}: could not meet the DSSIM budgets after re-encoding"
+      item.message = f"{item.name}: could not meet the visibility budgets after re-encoding"
       return
     for f in cloaked:
       f.stats["strength"] = f.strength
-      f.stats["ssimulacra2"] = quality.region_ssimulacra2(photo.rgb, written, f.region.box)
     item.output, item.output_format = data, fmt
     item.status = "cloaked"
     item.written_rgb = written

@@ -1,6 +1,7 @@
 """End to end on real photos with real weights: every input written, budget held on the
 written files, no-face photos copied, originals untouched, one target per user."""
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -11,6 +12,7 @@ from PIL import Image
 
 from jaxcloak.config import preset
 from jaxcloak.faces import io as photo_io
+from jaxcloak.faces import quality
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.pipeline.cloaker import Cloaker
 from jaxcloak.pipeline.local import cloak_photos, collect_photos, pool_features
@@ -163,6 +165,29 @@ def test_visibility_caps_and_verdicts_on_written_files(photos, tmp_path, monkeyp
       assert verdict["fooled"] == (verdict["self_distance"] > cloaker.extractors[0].same_person_distance)
   assert faces
 
+
+
+def test_ssimulacra2_floor_holds_on_the_written_files(photos, tmp_path):
+  """min_ssimulacra2 scales a face back until the written file meets it. The floor is
+  set from the same cloak without one, just above its most visible face, so it must
+  bind there; the compiled program is shared (the floor is held outside the loop)."""
+  free = Cloaker(preset("low", steps=4, batch_size=4, mode="untargeted"))
+  cloak_photos(free, collect_photos([photos]), tmp_path / "free", progress=False)
+  scores = {r["input"]: f["ssimulacra2"]
+            for r in map(json.loads, (tmp_path / "free/report.jsonl").open())
+            for f in r["faces"] if f["status"] == "cloaked"}
+  floor = min(scores.values()) + 1.0
+  held = free.reconfigured(dataclasses.replace(free.config, min_ssimulacra2=floor))
+  assert held.cloak_fn.fn is free.cloak_fn.fn
+  cloak_photos(held, collect_photos([photos]), tmp_path / "held", progress=False)
+  faces = [(r["input"], f) for r in map(json.loads, (tmp_path / "held/report.jsonl").open())
+           for f in r["faces"] if f["status"] == "cloaked"]
+  assert {name for name, _ in faces} == set(scores)
+  for name, f in faces:
+    orig = photo_io.decode((photos / name).read_bytes()).rgb
+    written = photo_io.decode((tmp_path / "held" / name).read_bytes()).rgb
+    assert quality.region_ssimulacra2(orig, written, f["region"]) >= floor, name
+  assert any(f["strength"] < 1.0 for _, f in faces)  # the floor bound somewhere
 
 
 def test_reconfigured_engine_shares_programs_only_when_it_can(cloaker):

@@ -83,7 +83,7 @@ def test_config_labels_differ_whenever_configs_do():
              "blur_sigmas": (1.0,), "ensemble": "mean", "view_kinds": ("flip",),
              "local_budget": 0.03, "max_pixel_change": 0.05, "jpeg_quality": 90,
              "jpeg_aware": False, "detect_upscale": False, "feature_dropout": 0.1,
-             "momentum": 0.5, "perturbation": "shaped"}
+             "momentum": 0.5, "perturbation": "shaped", "min_ssimulacra2": 80.0}
   labels = {config_label(base)}
   for f in dataclasses.fields(CloakConfig):
     v = getattr(base, f.name)
