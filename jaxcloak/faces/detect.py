@@ -179,11 +179,14 @@ class Detector:
     # than any YuNet anchor sees at 640 px: photos with no face get a second look
     # framed in a canvas three times their size, where the face is a third as large.
     missing = [i for i, r in enumerate(results) if not len(r)]
-    if missing and self.max_side is not None:
-      framed = [_framed(images[i]) for i in missing]
-      for i, (canvas, offset), found in zip(missing, framed,
-                                            self._detect([c for c, _ in framed])):
-        results[i] = _unframed(found, offset, np.shape(images[i])[:2])
+    if self.max_side is None:
+      return results
+    for start in range(0, len(missing), self.batch_size):  # memory: one batch of canvases
+      part = missing[start:start + self.batch_size]
+      framed = [_framed(images[i], self.max_side) for i in part]
+      for i, (_, offset, scale), found in zip(part, framed,
+                                              self._detect([c for c, _, _ in framed])):
+        results[i] = _unframed(found, offset, scale, np.shape(images[i])[:2])
     return results
 
   def _detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
@@ -213,28 +216,32 @@ class Detector:
     return results  # type: ignore[return-value]
 
 
-def _framed(image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-  """The photo centred in a square canvas of three times its long side, filled
-  with its mean colour (at twice, or with its edges replicated, YuNet missed
-  1-3 of 8 tight LFW crops; this finds all 8); returns the canvas and the
-  photo's (x, y) offset in it."""
+def _framed(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int], float]:
+  """The photo, its long side scaled to a third of `side`, centred in a `side`-square
+  canvas filled with its mean colour (at twice the photo's size, or with its edges
+  replicated, YuNet missed 1-3 of 8 tight LFW crops; this finds all 8). Returns the
+  canvas, the photo's (x, y) offset in it and the scale applied: a canvas is
+  never larger than the detector's input, whatever the photo's size."""
   image = _to_uint8(image)
   h, w = image.shape[:2]
-  side = 3 * max(h, w)
-  oy, ox = (side - h) // 2, (side - w) // 2
+  scale = (side // 3) / max(h, w)
+  sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+  small = np.asarray(Image.fromarray(image).resize((sw, sh), Image.BILINEAR))
+  oy, ox = (side - sh) // 2, (side - sw) // 2
   canvas = np.empty((side, side, 3), np.uint8)
-  canvas[:] = image.reshape(-1, 3).mean(axis=0).astype(np.uint8)
-  canvas[oy:oy + h, ox:ox + w] = image
-  return canvas, (ox, oy)
+  canvas[:] = small.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+  canvas[oy:oy + sh, ox:ox + sw] = small
+  return canvas, (ox, oy), scale
 
 
-def _unframed(found: Detections, offset: tuple[int, int], shape: tuple[int, int]) -> Detections:
+def _unframed(found: Detections, offset: tuple[int, int], scale: float,
+              shape: tuple[int, int]) -> Detections:
   """Detections in a `_framed` canvas, back in the photo's pixels: faces whose box
   centre lies in the photo."""
   shift = np.asarray(offset, np.float32)
   boxes = found.boxes.copy()
   boxes[:, :2] -= shift
-  moved = Detections(boxes, found.scores, found.landmarks - shift)
+  moved = Detections(boxes / scale, found.scores, (found.landmarks - shift) / scale)
   h, w = shape
   c = moved.centres
   inside = np.flatnonzero((c[:, 0] >= 0) & (c[:, 0] < w) & (c[:, 1] >= 0) & (c[:, 1] < h))
