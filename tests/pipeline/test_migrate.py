@@ -32,7 +32,9 @@ from tests.pipeline import corpus
 
 CONFIG = CloakConfig(mode="untargeted", steps=2, batch_size=4, max_region=64)
 OPTIONS = mig.Options(detect_side=576, max_faces=8, chunk=8)
+# Pipeline mechanics, not the cloak family: per-pixel noise, as CONFIG.
 CLI_FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--steps", "2",
+             "--perturbation", "pixels",
              "--batch-size", "4", "--max-region", "64",
              "--detect-side", "576", "--max-faces", "8", "--max-pixels", str(corpus.MAX_PIXELS)]
 

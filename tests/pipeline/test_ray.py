@@ -30,7 +30,9 @@ from tests.conftest import ROOT
 from tests.pipeline import corpus
 
 RAY = str(Path(sys.executable).parent / "ray")
+# Pipeline mechanics, not the cloak family: per-pixel noise, as test_migrate.
 FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--steps", "2",
+         "--perturbation", "pixels",
          "--batch-size", "4", "--max-region", "64",
          "--detect-side", "576", "--max-faces", "8", "--max-pixels", str(corpus.MAX_PIXELS),
          "--chunk", "3"]
