@@ -107,20 +107,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                  help="set any other cloak config field for every cloak of the run (a Python "
                       "literal, else a string; repeatable), e.g. --cloak views=2 "
                       "--cloak feature_dropout=0.1")
-  g.add_argument("--knob", action="append", default=[], metavar="'FIELD=VALUE ...'",
-                 help="one row of the knobs experiment (repeatable; replaces the default rows, "
-                      "experiments.KNOBS): cloak settings changed from the base cloak (the first "
-                      "--user-models entry), space-separated; list fields take '+', e.g. --knob "
-                      "views=1 --knob "
-                      "'views=1 view_kinds=blur' --knob extractors=dlib+mobileface+faceres")
-  g.add_argument("--family", action="append", default=[], metavar="'FIELD=VALUE ...'",
-                 help="one curve of the frontier experiment (repeatable; default: the base "
-                      "cloak alone, 'base'): cloak settings changed from the base cloak, as "
-                      "--knob takes them")
-  g.add_argument("--point", action="append", default=[], metavar="'FIELD=VALUE ...'",
-                 help="one strength point of every frontier curve (repeatable; default: "
-                      "experiments.FRONTIER_POINTS, DSSIM 0.004-0.02 with the worst-block cap "
-                      "at 2.5x), settings applied on top of the family's")
+  # Repeatable lists of space-separated FIELD=VALUE cloak settings (list fields take '+').
+  for flag, help_ in (
+      ("--knob", "one row of the knobs experiment (replaces the default rows, experiments.KNOBS): "
+                 "settings changed from the base cloak (the first --user-models entry), e.g. "
+                 "--knob views=1 --knob 'views=1 view_kinds=blur' "
+                 "--knob extractors=dlib+mobileface+faceres"),
+      ("--family", "one curve of the frontier experiment (default: the base cloak alone, "
+                   "'base'): settings changed from the preset's cloak"),
+      ("--point", "one strength point of every frontier curve (default: "
+                  "experiments.FRONTIER_POINTS, DSSIM 0.004-0.02 with the worst-block cap at "
+                  "2.5x), applied on top of the family's settings")):
+    g.add_argument(flag, action="append", default=[], metavar="'FIELD=VALUE ...'",
+                   help=help_ + " (repeatable)")
   g = p.add_argument_group("trackers")
   g.add_argument("--trackers",
                  help="comma list of trackers EXTRACTOR[@PIPELINE]: dlib, facenet, sface, or "

@@ -282,10 +282,11 @@ class Cloaker(FaceFinder):
       for f in cloaked:
         f.stats["dssim"] = regions_lib.region_dssim(photo.rgb, written, f.region.box)
         f.stats["worst_block"] = regions_lib.worst_block(f.region, written)
-        f.stats["ssimulacra2"] = quality.region_ssimulacra2(photo.rgb, written, f.region.box)
+        seen = False
+        if floor is not None:  # else measured once, on the file that is kept
+          f.stats["ssimulacra2"] = quality.region_ssimulacra2(photo.rgb, written, f.region.box)
+          seen = f.stats["ssimulacra2"] is not None and f.stats["ssimulacra2"] < floor
         local = self.config.local_budget
-        seen = floor is not None and f.stats["ssimulacra2"] is not None \
-            and f.stats["ssimulacra2"] < floor
         if f.stats["dssim"] > self.config.budget or seen \
             or (local and f.stats["worst_block"] > local):
           f.strength *= 0.93  # JPEG re-encoding adds a little DSSIM; back off gently
@@ -298,6 +299,8 @@ class Cloaker(FaceFinder):
       return
     for f in cloaked:
       f.stats["strength"] = f.strength
+      if floor is None:
+        f.stats["ssimulacra2"] = quality.region_ssimulacra2(photo.rgb, written, f.region.box)
     item.output, item.output_format = data, fmt
     item.status = "cloaked"
     item.written_rgb = written
