@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from jaxcloak.eval import report
+from jaxcloak.eval import report, report_rows
 
 
 def load(run: Path) -> tuple[dict, list[dict]]:
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
               seconds=sum(i.get("seconds", 0) for i in infos))
   report.write(args.output, records, info, infos[0]["settings"],
                command="python benchmarks/frontier_report.py " + " ".join(map(str, args.runs)))
-  for row in report.frontier_points(records):
+  for row in report_rows.frontier_points(records):
     q = row["quality"]
     print(json.dumps({"family": row["family"], "point": row["point"],
                       **{k: v for k, v in row.items() if k.startswith(("held-out", "white-box"))},

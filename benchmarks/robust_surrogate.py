@@ -6,7 +6,7 @@
 Photos: `--per-identity` per identity of the evaluation faces (never a
 training identity of the pool-trained surrogate), the face nearest the photo
 centre found by YuNet, aligned to each model's template as the cloak aligns
-(`robust.aligned_crops`). Attack: `robust.make_shift_attack`, PGD with a
+(`robust_data.aligned_crops`). Attack: `robust_training.make_shift_attack`, PGD with a
 random start pushing the embedding away from the clean one (the untargeted
 cloak objective), same key for every model. Per model and epsilon: mean and
 5th percentile cosine between clean and attacked unit embedding, the share
@@ -32,7 +32,7 @@ import numpy as np
 
 from _common import FACES, emit, machine  # noqa: E402  (sets sys.path)
 
-from jaxcloak import models, robust  # noqa: E402
+from jaxcloak import models, robust_data, robust_training  # noqa: E402
 from jaxcloak.faces import io as photo_io  # noqa: E402
 from jaxcloak.faces.detect import Detector  # noqa: E402
 
@@ -75,11 +75,12 @@ def main():
 
   for name in args.models:
     ext = models.load(name, args.weights_dir)
-    crops = robust.aligned_crops(files, lms, ext)
-    attack = robust.make_shift_attack(ext, args.steps)
+    crops = robust_data.aligned_crops(files, lms, ext)
+    attack = robust_training.make_shift_attack(ext, args.steps)
     for eps in args.epsilons:
       t = time.perf_counter()
-      cos = robust.shift_cosines(attack, ext.params, crops, eps, args.batch_size, args.seed)
+      cos = robust_training.shift_cosines(attack, ext.params, crops, eps, args.batch_size,
+                                          args.seed)
       shift = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
       emit(bench="robust_surrogate", model=name, epsilon=round(eps, 5), steps=args.steps,
            faces=len(cos), cos_mean=round(float(cos.mean()), 4),

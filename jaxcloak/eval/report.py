@@ -1,12 +1,12 @@
 """The evaluation report: report.md (tables), results.jsonl (records), PNG plots.
 
 Every rate in a table comes with the counts behind it: PSR as mean +- std
-over users and the pooled count (photos not recognised / test photos).
+over users and the pooled count (photos not recognised / test photos). The rows
+come from `report_rows`; `plots` draws the pictures.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import OrderedDict
@@ -15,35 +15,15 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxcloak.eval.metrics import bootstrap_interval, summarize
+from jaxcloak.eval.metrics import summarize
+from jaxcloak.eval.plots import write_plots
+from jaxcloak.eval.report_rows import aggregate, frontier_points
 
 
 def _f(x, nd: int = 2) -> str:
   if x is None or (isinstance(x, float) and math.isnan(x)):
     return "n/a"
   return f"{x:.{nd}f}"
-
-
-def aggregate(records: Sequence[dict], experiment: str,
-              keys=("config", "setting", "tracker", "kind")) -> list[dict]:
-  """Groups one experiment's per-user records; mean/std over users plus pooled counts."""
-  groups: "OrderedDict[tuple, list]" = OrderedDict()
-  for r in records:
-    if r.get("experiment") == experiment and "psr_n" in r:
-      groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-  out = []
-  for key, rs in groups.items():
-    p, a = summarize([r["psr"] for r in rs]), summarize([r["acc"] for r in rs])
-    row = dict(zip(keys, key))
-    row.update({"users": len(rs), "psr_mean": p["mean"], "psr_std": p["std"],
-                "psr_k": sum(r["psr_k"] for r in rs), "psr_n": sum(r["psr_n"] for r in rs),
-                "acc_mean": a["mean"], "acc_std": a["std"],
-                "acc_k": sum(r["acc_k"] for r in rs), "acc_n": sum(r["acc_n"] for r in rs)})
-    for extra in ("budget", "leak", "transform", "user_model"):
-      if extra in rs[0]:
-        row[extra] = rs[0][extra]
-    out.append(row)
-  return out
 
 
 def _rate_cells(row) -> list[str]:
@@ -225,39 +205,6 @@ def _knobs_section(records) -> str:
           + _table(header, table) + "\n")
 
 
-def frontier_points(records: Sequence[dict]) -> list[dict]:
-  """One row per (family, point) of the frontier experiment: per role and kind the
-  mean over users of PSR (a user's value: the mean over that role's trackers) with
-  a bootstrap interval over users, the gap closed per held-out tracker (the median
-  over users), and the
-  point's quality record (visibility, cost)."""
-  recs = [r for r in records if r.get("experiment") == "frontier"]
-  quality = {(r["family"], r["point"]): r for r in records
-             if r.get("experiment") == "quality" and r.get("for") == "frontier"}
-  out = []
-  for fam, point in OrderedDict.fromkeys((r["family"], r["point"]) for r in recs):
-    mine = [r for r in recs if r["family"] == fam and r["point"] == point]
-    row = {"family": fam, "point": point, "config": mine[0]["config"],
-           "quality": quality.get((fam, point), {})}
-    for role in OrderedDict.fromkeys(r["role"] for r in mine):
-      for kind in OrderedDict.fromkeys(r["kind"] for r in mine):
-        per_user: "OrderedDict[str, list]" = OrderedDict()
-        for r in mine:
-          if r["role"] == role and r["kind"] == kind:
-            per_user.setdefault(r["user"], []).append(r["psr"])
-        values = [float(np.mean(v)) for v in per_user.values()]
-        lo, hi = bootstrap_interval(values)
-        row[f"{role} {kind}"] = {"mean": float(np.mean(values)), "lo": lo, "hi": hi,
-                                 "users": len(values)}
-    gaps: "OrderedDict[str, list]" = OrderedDict()
-    for r in mine:
-      if r["role"] == "held-out" and r.get("gap_closed") is not None and r["kind"] == mine[0]["kind"]:
-        gaps.setdefault(r["tracker"], []).append(r["gap_closed"])
-    row["gap_closed"] = {t: float(np.median(v)) for t, v in gaps.items()}  # over users
-    out.append(row)
-  return out
-
-
 def _frontier_section(records) -> str:
   rows = frontier_points(records)
   if not rows:
@@ -409,184 +356,3 @@ def write(out_dir: Path, records: Sequence[dict], info: dict, settings: dict, *,
   if plots:
     parts += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
   (out_dir / "report.md").write_text("\n".join(p for p in parts if p is not None))
-
-
-def write_plots(out_dir: Path, records: Sequence[dict], drawn: dict | None = None) -> list[Path]:
-  """PNG plots with matplotlib (Agg); returns their files.
-
-  `drawn` (plot -> digest of its rows, files), kept across calls, skips a plot
-  whose rows are those it was last drawn from (drawing is most of a quick run's
-  report time, and a run rewrites its report after each experiment).
-  """
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  written = []
-  drawn = {} if drawn is None else drawn
-  block = [None]  # the plot being drawn
-
-  def unchanged(name, *rows) -> bool:
-    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
-    prev = drawn.get(name)
-    if prev and prev[0] == digest and all(p.exists() for p in prev[1]):
-      written.extend(prev[1])
-      return True
-    drawn[name], block[0] = (digest, []), name
-    return False
-
-  def save(fig, name):
-    path = out_dir / name
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-    drawn[block[0]][1].append(path)
-
-  # PSR vs DSSIM (budget and measured mean DSSIM).
-  rows = aggregate(records, "budget")
-  quality = {r["config"]: r for r in records if r.get("experiment") == "quality"}
-  if rows and not unchanged("budget", rows, quality):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
-      rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
-                  key=lambda r: r["budget"])
-      xs = [quality.get(r["config"], {}).get("dssim_mean") or r["budget"] for r in rs]
-      ax.errorbar(xs, [r["psr_mean"] for r in rs], yerr=[r["psr_std"] for r in rs],
-                  marker="o", capsize=3, label=f"{tr} {kind}")
-    ax.set_xlabel("mean DSSIM of written cloaked faces")
-    ax.set_ylabel("PSR")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7)
-    ax.set_title("PSR vs DSSIM")
-    save(fig, "psr_vs_dssim.png")
-
-  rows = aggregate(records, "matrix")
-  if rows and not unchanged("matrix", rows):
-    for kind in OrderedDict.fromkeys(r["kind"] for r in rows):
-      rs = [r for r in rows if r["kind"] == kind]
-      users = list(OrderedDict.fromkeys(r["setting"] for r in rs))
-      trs = list(OrderedDict.fromkeys(r["tracker"] for r in rs))
-      m = np.full((len(users), len(trs)), np.nan)
-      for r in rs:
-        m[users.index(r["setting"]), trs.index(r["tracker"])] = r["psr_mean"]
-      fig, ax = plt.subplots(figsize=(1.8 + 1.4 * len(trs), 1.2 + 0.6 * len(users)))
-      im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
-      ax.set_xticks(range(len(trs)), trs, rotation=30, ha="right")
-      ax.set_yticks(range(len(users)), users)
-      for i in range(len(users)):
-        for j in range(len(trs)):
-          if not np.isnan(m[i, j]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center",
-                    color="white" if m[i, j] < 0.5 else "black")
-      fig.colorbar(im, ax=ax, label="PSR")
-      ax.set_xlabel("tracker extractor")
-      ax.set_title(f"PSR matrix ({kind})")
-      save(fig, f"psr_matrix_{kind}.png")
-
-  rows = aggregate(records, "transfer", keys=("held_out", "pipeline", "role", "kind"))
-  if rows and not unchanged("transfer", rows):
-    kinds = list(OrderedDict.fromkeys(r["kind"] for r in rows))
-    folds = list(OrderedDict.fromkeys((r["held_out"], r["pipeline"]) for r in rows))
-    by = {(r["held_out"], r["pipeline"], r["role"], r["kind"]): r for r in rows}
-    fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6, 0.9 * len(folds)), 3 * len(kinds)),
-                             squeeze=False)
-    x = np.arange(len(folds))
-    for ax, kind in zip(axes[:, 0], kinds):
-      for off, role in ((-0.27, "transfer"), (0.0, "white-box"), (0.27, "clean")):
-        rs = [by.get((m, p, role, kind)) for m, p in folds]
-        ax.bar(x + off, [r["psr_mean"] if r else 0 for r in rs], 0.27,
-               yerr=[r["psr_std"] if r else 0 for r in rs], capsize=2,
-               label="no cloak" if role == "clean" else role)
-      ax.set_xticks(x, [f"{m}@{p}" for m, p in folds], rotation=30, ha="right", fontsize=7)
-      ax.set_ylim(0, 1.05)
-      ax.set_ylabel("PSR")
-      ax.set_title(f"Leave-one-out transfer: held-out model's tracker ({kind})")
-      ax.legend(fontsize=7)
-    save(fig, "psr_transfer.png")
-
-  rows = frontier_points(records)
-  if rows and not unchanged("frontier", rows):
-    kinds = list(OrderedDict.fromkeys(k.split(" ", 1)[1] for r in rows for k in r
-                                      if k.startswith("held-out ")))
-    fig, axes = plt.subplots(1, len(kinds) + 1, figsize=(5 * (len(kinds) + 1), 4), squeeze=False)
-    for fam in OrderedDict.fromkeys(r["family"] for r in rows):
-      if fam == "no cloak":
-        for ax, kind in zip(axes[0], kinds):
-          base = next(r for r in rows if r["family"] == fam).get(f"held-out {kind}")
-          if base:
-            ax.axhline(base["mean"], color="gray", ls="--", lw=1, label="no cloak")
-        continue
-      rs = [r for r in rows if r["family"] == fam and r["quality"].get("ssimulacra2_median")]
-      rs.sort(key=lambda r: -r["quality"]["ssimulacra2_median"])
-      xs = [r["quality"]["ssimulacra2_median"] for r in rs]
-      for ax, kind in zip(axes[0], kinds):
-        cs = [r.get(f"held-out {kind}") for r in rs]
-        ys = [c["mean"] for c in cs]
-        err = [[c["mean"] - c["lo"] for c in cs], [c["hi"] - c["mean"] for c in cs]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=fam)
-      gaps = [np.mean(list(r["gap_closed"].values())) if r["gap_closed"] else np.nan for r in rs]
-      axes[0, -1].plot(xs, gaps, marker="o", label=fam)
-    for ax, kind in zip(axes[0], kinds):
-      ax.set_ylabel(f"held-out PSR ({kind}), 95% bootstrap over users")
-      ax.set_ylim(-0.05, 1.05)
-    axes[0, -1].set_ylabel("gap closed (mean over held-out trackers)")
-    axes[0, -1].axhline(1.0, color="gray", ls=":", lw=1)
-    for ax in axes[0]:
-      ax.set_xlabel("median face SSIMULACRA2 on the written files (higher = less visible)")
-      ax.invert_xaxis()
-      ax.legend(fontsize=7)
-    fig.suptitle("Frontier: protection against visibility, one curve per family")
-    save(fig, "frontier.png")
-
-  rows = aggregate(records, "leakage")
-  if rows and not unchanged("leakage", rows):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
-      rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
-                  key=lambda r: r["leak"])
-      ax.errorbar([r["leak"] for r in rs], [r["psr_mean"] for r in rs],
-                  yerr=[r["psr_std"] for r in rs], marker="o", capsize=3, label=f"{tr} {kind}")
-    ax.set_xlabel("share of U's tracker photos leaked uncloaked")
-    ax.set_ylabel("PSR")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7)
-    ax.set_title("PSR vs leakage")
-    save(fig, "psr_vs_leakage.png")
-
-  rows = aggregate(records, "transforms")
-  if rows and not unchanged("transforms", rows):
-    groups = list(OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows))
-    labels = list(OrderedDict.fromkeys(r["transform"] for r in rows))
-    fig, axes = plt.subplots(len(groups), 1, figsize=(max(6, 0.9 * len(labels)), 3 * len(groups)),
-                             squeeze=False)
-    for ax, (tr, kind) in zip(axes[:, 0], groups):
-      rs = {r["transform"]: r for r in rows if r["tracker"] == tr and r["kind"] == kind}
-      x = np.arange(len(labels))
-      ax.bar(x - 0.2, [rs[l]["psr_mean"] if l in rs else 0 for l in labels], 0.4, label="PSR")
-      ax.bar(x + 0.2, [rs[l]["acc_mean"] if l in rs else 0 for l in labels], 0.4,
-             label="other-ID accuracy")
-      ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
-      ax.set_ylim(0, 1.05)
-      ax.set_title(f"{tr} {kind}")
-      ax.legend(fontsize=7)
-    save(fig, "psr_vs_transforms.png")
-
-  rows = [r for r in records if r.get("experiment") == "detection"]
-  if rows and not unchanged("detection", rows):
-    settings = list(OrderedDict.fromkeys(r["setting"] for r in rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    x = np.arange(len(settings))
-    for off, key, label in ((-0.2, "without_originals", "w/o originals"),
-                            (0.2, "with_originals", "with originals (2-means)")):
-      vals = [summarize([r[key]["sigma"] for r in rows if r["setting"] == s and key in r])
-              for s in settings]
-      ax.bar(x + off, [v["mean"] if v["n"] else 0 for v in vals], 0.4,
-             yerr=[v["std"] if v["n"] else 0 for v in vals], capsize=3, label=label)
-    ax.axhline(3, color="red", ls="--", lw=1, label="3 sigma")
-    ax.axhline(1, color="gray", ls=":", lw=1, label="1 sigma")
-    ax.set_xticks(x, settings, rotation=15, ha="right", fontsize=8)
-    ax.set_ylabel("separation (std devs of normal classes)")
-    ax.legend(fontsize=7)
-    ax.set_title("Cloak detection")
-    save(fig, "detection_separations.png")
-  return written

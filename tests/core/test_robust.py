@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcloak import cli, models, robust, weights
+from jaxcloak import cli, models, robust_training, weights
 from tests.conftest import POOL, ensure_weights
 
 BASE = "dlib"  # the cheapest to train on CPU (BUILD.md, Robust surrogate)
@@ -46,7 +46,7 @@ def test_pgd_stays_within_epsilon_and_the_unit_box():
   x = x.at[0].set(0.0).at[1].set(1.0)  # corners: the [0, 1] clip must bind
   c = jax.random.normal(jax.random.key(1), x.shape)
   eps = jnp.float32(3 / 255)
-  adv = robust.pgd(jax.random.key(2), lambda xx: jnp.sum(xx * c), x, eps, 3)
+  adv = robust_training.pgd(jax.random.key(2), lambda xx: jnp.sum(xx * c), x, eps, 3)
   d = np.asarray(adv - x)
   assert np.abs(d).max() <= 3 / 255 + 1e-6
   assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0

@@ -144,8 +144,8 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   assert {r["tracker"] for r in fr if r["family"] == "no cloak"} == {"sface"}
   cloaked = [r for r in fr if r["family"] == "base"]
   assert all(np.isfinite(r["gap_closed"]) and -1 < r["gap_closed"] < 3 for r in cloaked)
-  from jaxcloak.eval import report
-  points_rows = [r for r in report.frontier_points(recs) if r["family"] == "base"]
+  from jaxcloak.eval import report_rows
+  points_rows = [r for r in report_rows.frontier_points(recs) if r["family"] == "base"]
   assert [r["point"] for r in points_rows] == list(points)
   for r in points_rows:
     c = r["held-out probe"]
