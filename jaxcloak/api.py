@@ -75,6 +75,10 @@ def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path 
                              "created if missing)")
   refuse_overlap(out, inputs, what="output folder")
   _need_pool(cfg, pool)
+  if cfg.scope == "person":  # a damaged or foreign saved cloak stops the job before it starts
+    from jaxcloak import persons
+    from jaxcloak.pipeline.destination import META_DIR
+    persons.verify_folder(cfg, out / META_DIR)
   cloaker = Cloaker(cfg, weights_dir=weights_dir, strip_metadata=strip_metadata)
   feats = pool_features(cloaker, Path(pool), log=log) if cfg.mode == "targeted" else None
   summary = cloak_photos(cloaker, listed, out, pool=feats, report=report, progress=progress,

@@ -13,6 +13,7 @@ Mode = Literal["targeted", "untargeted"]
 TargetChoice = Literal["max", "average", "random", "near"]
 Ensemble = Literal["mean", "balanced"]
 Perturbation = Literal["pixels", "shaped"]
+Scope = Literal["photo", "person"]
 VIEW_KINDS = ("affine", "flip", "blur", "jpeg", "noise")
 
 
@@ -78,6 +79,16 @@ class CloakConfig:
   # colour casts are what people see, and the recognizers barely use them.
   jnd_chroma: float = 0.001
   jnd_masking: float = 3.0  # "shaped": the most texture or luminance raise the jnd bounds (x)
+  # What one cloak covers. "photo": each face its own search. "person": one
+  # "shaped" change per person (faces grouped by embedding within each user),
+  # optimised jointly over up to person_photos of their faces in a canonical
+  # face frame and carried onto every photo of theirs through its alignment
+  # (OPOM, Protego); saved, so a person's later photos get it without a search.
+  scope: Scope = "photo"
+  person_photos: int = 8  # "person": faces the shared cloak is optimised on
+  # "person": a face joins the nearest person within this many same-person
+  # thresholds of their centroid (ensemble-weighted), else starts a new person.
+  person_match: float = 1.0
   batch_size: int = 8  # faces per compiled batch (size it for the device)
   # JPEG output: None keeps the input's quantisation tables (same quality and
   # size); an int re-encodes at that quality. Low-quality inputs erase part of
@@ -134,6 +145,18 @@ class CloakConfig:
       raise ValueError(f"min_ssimulacra2 must be in (0, 100), got {self.min_ssimulacra2}")
     if self.perturbation not in ("pixels", "shaped"):
       raise ValueError(f"perturbation must be 'pixels' or 'shaped', got {self.perturbation!r}")
+    if self.scope not in ("photo", "person"):
+      raise ValueError(f"scope must be 'photo' or 'person', got {self.scope!r}")
+    if self.scope == "person" and self.perturbation != "shaped":
+      raise ValueError("scope='person' needs perturbation='shaped' (its cloak is a smooth field "
+                       "carried from one face to another)")
+    if self.scope == "person" and self.refine_rounds:
+      raise ValueError("refine_rounds needs scope='photo' (a refine round restarts each photo "
+                       "on its own)")
+    if self.person_match <= 0:
+      raise ValueError("person_match must be > 0")
+    if self.person_photos < 1:
+      raise ValueError("person_photos must be >= 1")
     if self.smooth_factor < 1:
       raise ValueError("smooth_factor must be >= 1")
     if not (0.0 < self.jnd_luma <= 1.0 and 0.0 < self.jnd_chroma <= 1.0):

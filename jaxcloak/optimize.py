@@ -16,12 +16,10 @@ transformations of each model's input join the loss (`views.py`).
 When the output is a JPEG, the features are taken after a differentiable round
 trip of x' through that encoder (`jpeg.py`), so the cloak is built from what
 the encoder keeps.
-With `perturbation="shaped"` the search variable is no longer every pixel: a
-field u at 1/`smooth_factor` of the region's side is upsampled (so the change is
-low-frequency) and mapped to a change of luma and chroma bounded per pixel by a
-just-noticeable-difference map of the original, delta = jnd * tanh(u)
-(`losses.jnd_bounds`): texture and dark or bright surroundings hide more, flat
-skin and colour less. The DSSIM budgets still apply on top.
+What the search variable is (every pixel, a smooth field under a
+just-noticeable-difference bound, or one such field per person in a canonical
+face frame) is `perturbations.py`'s; with `Batch.persons` the items of one
+person share one variable (`person_mean`). The DSSIM budgets apply to all.
 Images are float32 NHWC in [0, 1].
 
 The whole step loop is one `lax.while_loop`. On XLA CPU a convolution's input
@@ -41,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxcloak import jpeg, losses
+from jaxcloak import jpeg, losses, perturbations
 from jaxcloak import views as views_lib
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces.align import warp_affine
@@ -66,6 +64,11 @@ class Batch(NamedTuple):
   jpeg: Any = None
   # [b] cap on the worst block's DSSIM (config.local_budget); None = no cap.
   local_budgets: Any = None
+  # scope="person": [b] int32, which person of the batch each item shows (items of
+  # a person share one search variable), and [b, 2, 3] patch -> canonical face
+  # frame affines (region.canonical). None = every item its own search.
+  persons: Any = None
+  canonical: Any = None
 
 
 class Result(NamedTuple):
@@ -83,6 +86,9 @@ class Result(NamedTuple):
   member_final: jax.Array = None
   member_self: jax.Array = None
   worst_block: jax.Array = None  # [b] worst-block DSSIM of the returned patch
+  # scope="person": [b, ...] the kept search variable, each item holding its
+  # person's (what `make_apply_fn` carries onto new photos); else None.
+  field: jax.Array = None
 
 
 class Knobs(NamedTuple):
@@ -109,6 +115,7 @@ class Knobs(NamedTuple):
 DATA_FIELDS = {"budget": 0.5, "target_choice": "max", "target_top_k": 5, "steps": 1, "seed": 0,
                "learning_rate": 0.01, "penalty_init": 50.0, "jnd_luma": 0.01,
                "jnd_chroma": 0.01, "jnd_masking": 1.0,
+               "person_photos": 1, "person_match": 1.0,  # how many faces a person's search takes: the batch's data
                "min_ssimulacra2": None}  # held on the written file, outside the loop
 
 
@@ -165,53 +172,30 @@ def _dropout_interceptor(key, rate: float):
   return intercept
 
 
-# What the loop searches over: (batch, knobs) -> (w0, pixels), the first
-# iterate and the map from an iterate to the region's pixels (before the
-# per-pixel cap and the mask).
-Parametrisation = Callable[[Batch, Knobs], tuple[jax.Array, Callable[[jax.Array], jax.Array]]]
-
-# Scales the shaped field u so that a learning rate moves the upsampled tanh
-# argument by 10x as much: Adam's steps are ~lr in u, and at the default lr the
-# bound is then reached in ~20 steps, as pixel mode's speckle is.
-SHAPED_GAIN = 10.0
-
-
-def pixel_noise(batch: Batch, knobs: Knobs):
-  """Every pixel free, in tanh space: x = (tanh(w) + 1) / 2 (Carlini & Wagner 2017)."""
-  del knobs
-  w0 = losses.to_tanh_space(batch.patches if batch.starts is None else batch.starts)
-  return w0, losses.from_tanh_space
+def person_mean(persons, active):
+  """x [b, ...] -> each item's person's mean over the active items (identity when persons
+  is None): how one search variable is shared by a person's items."""
+  if persons is None:
+    return lambda x: x
+  same = (persons[:, None] == persons[None, :]) & active[None, :]
+  count = jnp.sum(same, axis=1, keepdims=True)
+  # A padding item (no active peer) keeps its own value.
+  share = jnp.where(count > 0, same / jnp.maximum(count, 1), jnp.eye(persons.shape[0]))
+  return lambda x: jnp.tensordot(share.astype(x.dtype), x, axes=1)
 
 
-def shaped_noise(smooth_factor: int) -> Parametrisation:
-  """A low-frequency luma/chroma change under a just-noticeable-difference bound.
+def make_apply_fn(config: CloakConfig):
+  """Jitted (batch, field, knobs) -> [b, s, s, 3] pixels: saved person fields carried onto
+  faces without a search (the loop's own parametrisation, cap and mask)."""
+  parametrise = perturbations.for_config(config)
+  max_change = config.max_pixel_change
 
-  w is a [b, s/f, s/f, 3] field (f = smooth_factor) in (Y, Cb, Cr); the change is
-  delta = jnd * tanh(z0 + upsample(w)), jnd the per-pixel bounds of the original
-  (`losses.jnd_bounds`), so every pixel's luma and chroma change stays within
-  its bound whatever the search does. A start (a refine round's written pixels)
-  enters as z0, its change in the same coordinates, so the search resumes from it
-  with w = 0 and its change is bounded against the original too.
-  """
-  def parametrise(batch: Batch, knobs: Knobs):
-    orig = batch.patches
-    b, s = orig.shape[0], orig.shape[1]
-    jnd = losses.jnd_bounds(orig, batch.masks, luma=knobs.jnd_luma, chroma=knobs.jnd_chroma,
-                            masking=knobs.jnd_masking, feather=2 * smooth_factor)
-    z0 = 0.0
-    if batch.starts is not None:
-      # Kept off tanh's flat tails: a start at its bound would freeze those pixels.
-      ratio = losses.rgb_to_ycbcr(batch.starts - orig) / jnp.maximum(jnd, 1e-12)
-      z0 = jnp.arctanh(jnp.clip(ratio, -0.95, 0.95))
-    low = -(-s // smooth_factor)
+  @jax.jit
+  def run(batch: Batch, field, knobs: Knobs):
+    _, pixels = parametrise(batch, knobs)
+    return perturbations.restrict(pixels(field), batch.patches, batch.masks[..., None], max_change)
 
-    def pixels(w):
-      z = jax.image.resize(SHAPED_GAIN * w, (b, s, s, 3), "cubic") + z0
-      return jnp.clip(orig + losses.ycbcr_to_rgb(jnd * jnp.tanh(z)), 0.0, 1.0)
-
-    return jnp.zeros((b, low, low, 3), jnp.float32), pixels
-
-  return parametrise
+  return lambda batch, field: run(batch, field, Knobs.of(config))
 
 
 def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> CloakFn:
@@ -231,8 +215,7 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
   dropout = config.feature_dropout
   stop_fraction = config.stop_fraction
   max_change = config.max_pixel_change
-  parametrise = pixel_noise if config.perturbation == "pixels" \
-      else shaped_noise(config.smooth_factor)
+  parametrise = perturbations.for_config(config)
   traces: list = []
 
   def embed(ext, p, crops, key=None):
@@ -298,15 +281,13 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     mask = batch.masks[..., None]
     block = losses.block_size(orig.shape[1])
     w0, raw_pixels = parametrise(batch, knobs)
+    shared = person_mean(batch.persons, batch.active)
     self_feats = plain_features(params, orig, batch.affines)
     refs = list(batch.targets) if targeted else self_feats
     start = member_sq_distances(self_feats, refs)  # [m, b]
 
     def pixels(w):
-      x = raw_pixels(w)
-      if max_change is not None:  # per-pixel cap on what people can see
-        x = orig + jnp.clip(x - orig, -max_change, max_change)
-      return x * mask + orig * (1.0 - mask)
+      return perturbations.restrict(raw_pixels(w), orig, mask, max_change)
 
     def visibility(x):
       # DSSIM stays on the raw pixels: through the simulated encode (whose float
@@ -370,6 +351,8 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
       key: jax.Array
 
     def keep_best(state, w, objective, ok):
+      # A person's iterate is judged as a whole: its mean objective, every photo within budget.
+      objective, ok = shared(objective), shared(ok.astype(jnp.float32)) > 1.0 - 1e-6
       better = ok & (objective < state.best_objective) & ~state.done
       best_w = jnp.where(better[:, None, None, None], w, state.best_w)
       return best_w, jnp.where(better, objective, state.best_objective)
@@ -380,8 +363,8 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
           state.w, state.penalty, step_key)
       ok = within(ds, tiles)
       best_w, best_objective = keep_best(state, state.w, objective, ok)
-      done = state.done | goal_met(d, ok)
-      updates, opt_state = optimizer.update(grads, state.opt_state, state.w)
+      done = shared((state.done | goal_met(d, ok)).astype(jnp.float32)) > 1.0 - 1e-6
+      updates, opt_state = optimizer.update(shared(grads), state.opt_state, state.w)
       frozen = done[:, None, None, None]
       w = jnp.where(frozen, state.w, optax.apply_updates(state.w, updates))
       penalty = losses.update_penalty_weight(state.penalty, ~ok)
@@ -394,7 +377,7 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
 
     b = orig.shape[0]
     # The original itself is the fallback "iterate": objective of doing nothing.
-    init_objective = objective_of(start if targeted else jnp.zeros_like(start), start)
+    init_objective = shared(objective_of(start if targeted else jnp.zeros_like(start), start))
     state = State(jnp.int32(0), w0, optimizer.init(w0),
                   jnp.full((b,), knobs.penalty_init, jnp.float32),
                   w0, init_objective, ~batch.active, jnp.zeros((b,), jnp.int32),
@@ -416,7 +399,8 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     d = jnp.where(found, d, no_move)
     return Result(cloaked, ds, found, state.steps, jnp.sqrt(weighted(no_move)),
                   jnp.sqrt(weighted(d)), jnp.sqrt(weighted(member_self)),
-                  jnp.sqrt(no_move).T, jnp.sqrt(d).T, jnp.sqrt(member_self).T, worst)
+                  jnp.sqrt(no_move).T, jnp.sqrt(d).T, jnp.sqrt(member_self).T, worst,
+                  None if batch.persons is None else best_w)
 
   params = tuple(e.params for e in extractors)
   return CloakFn(jax.jit(run), params, traces, Knobs.of(config))

@@ -96,9 +96,7 @@ def test_configs_that_differ_in_a_field_get_different_labels(base_name):
   assert changed == set(FIELDS)  # every field was changed at least once
 
 
-# A known hole, left to config_label's owner (changing the format renames cached work).
-@pytest.mark.xfail(strict=True, reason="config_label writes budget, stop_fraction and "
-                   "blur_sigmas with :g (6 significant digits): values closer share a label")
+# Labels are exact: a value %g would round (0.01200001) is written in full.
 @pytest.mark.parametrize("field,value", [("budget", 0.012), ("stop_fraction", 0.2),
                                          ("blur_sigmas", (1.0,))])
 def test_values_that_differ_past_six_digits_get_different_labels(field, value):

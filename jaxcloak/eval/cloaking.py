@@ -32,17 +32,23 @@ _HEAD = ("extractors", "budget", "steps", "mode", "target_choice", "stop_fractio
          "blur_sigmas", "jpeg_aware", "seed")
 
 
+def _num(x: float) -> str:
+  """A number as short as %g when that is exact, else in full (0.01200001 is not 0.012)."""
+  short = f"{x:g}"
+  return short if float(short) == x else repr(x)
+
+
 def config_label(config: CloakConfig) -> str:
   """A short, stable name for a config, unique to it: the key of its cloaked samples
   and of the tracker features cached for them, and its name in reports."""
-  parts = ["+".join(config.extractors), f"b{config.budget:g}", f"s{config.steps}",
+  parts = ["+".join(config.extractors), f"b{_num(config.budget)}", f"s{config.steps}",
            config.mode[0]]
   if config.target_choice != "max":
     parts.append(config.target_choice)
   if config.stop_fraction is not None:
-    parts.append(f"stop{config.stop_fraction:g}")
+    parts.append(f"stop{_num(config.stop_fraction)}")
   if config.blur_sigmas:
-    parts.append("blur" + ",".join(f"{s:g}" for s in config.blur_sigmas))
+    parts.append("blur" + ",".join(_num(s) for s in config.blur_sigmas))
   if not config.jpeg_aware:
     parts.append("rawpixels")
   default = CloakConfig()
@@ -133,7 +139,7 @@ class CloakRunner:
       items += user_items
       photos += list(ps)
     stages.cloak(cloaker, [it for it in items if it.photo is not None and it.status == "pending"],
-                 targets)
+                 targets, pool=self.pool)
     seconds = (time.time() - t0) / max(1, len(items))
     written = []
     for s, it in zip(photos, items):

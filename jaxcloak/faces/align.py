@@ -21,6 +21,12 @@ ARCFACE_TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
      [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
 
+# The canonical face frame a person's shared cloak lives in (`scope="person"`):
+# the ArcFace template at 0.8x, centred in a 160-pixel square, so the frame
+# covers every model's crop (dlib's and FaceNet's reach past ArcFace's).
+CANONICAL_SIDE = 160
+CANONICAL_TEMPLATE = ((ARCFACE_TEMPLATE - 56.0) * 0.8 + CANONICAL_SIDE / 2).astype(np.float32)
+
 
 def _similarity(src, dst, xp):
   # Least-squares rotation + uniform scale + translation (Umeyama 1991 without

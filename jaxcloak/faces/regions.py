@@ -17,7 +17,7 @@ from PIL import Image
 
 import jax
 
-from jaxcloak.faces.align import similarity_transform
+from jaxcloak.faces.align import CANONICAL_TEMPLATE, similarity_transform
 from jaxcloak import losses
 
 BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
@@ -31,6 +31,13 @@ class Region:
   patch: np.ndarray  # [bucket, bucket, 3] float32 in [0, 1], zero padded
   mask: np.ndarray  # [bucket, bucket] float32, 1 inside the region
   affines: list  # per extractor [2, 3] float32, patch pixels -> crop pixels
+  canonical: np.ndarray | None = None  # [2, 3] float32, patch pixels -> canonical face frame
+
+  @property
+  def patch_shape(self) -> tuple[int, int]:
+    """(height, width) of the region inside its padded patch."""
+    rows, cols = np.nonzero(self.mask.any(axis=1))[0], np.nonzero(self.mask.any(axis=0))[0]
+    return int(rows[-1]) + 1, int(cols[-1]) + 1
 
 
 def bucket_for(side: int, buckets: Sequence[int] = BUCKETS) -> int:
@@ -49,7 +56,8 @@ def _crop_footprint(m: np.ndarray, size: int) -> np.ndarray:
 
 
 def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
-                max_region: int = 512, margin: float = 0.05, grid: int = 1) -> Region:
+                max_region: int = 512, margin: float = 0.05, grid: int = 1,
+                side: int | None = None) -> Region:
   """Cuts the region for one face.
 
   Args:
@@ -58,6 +66,8 @@ def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
     extractors: the models whose crops the region must cover.
     grid: the region's top-left corner is moved onto multiples of this (a
       JPEG output's MCU size, so the patch's 8x8 blocks are the encoder's).
+    side: resample every region to this patch side, up or down (a person's
+      faces then share one compiled batch); None = native up to max_region.
   """
   h, w = rgb.shape[:2]
   photo_affines = [similarity_transform(landmarks, e.template).astype(np.float64)
@@ -69,12 +79,12 @@ def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
   x0, y0 = int(max(0, np.floor(x0 - pad))), int(max(0, np.floor(y0 - pad)))
   x0, y0 = x0 - x0 % grid, y0 - y0 % grid
   x1, y1 = int(min(w, np.ceil(x1 + pad))), int(min(h, np.ceil(y1 + pad)))
-  side = max(x1 - x0, y1 - y0)
-  scale = min(1.0, max_region / side)
+  span = max(x1 - x0, y1 - y0)
+  scale = side / span if side else min(1.0, max_region / span)
   pw, ph = max(1, round((x1 - x0) * scale)), max(1, round((y1 - y0) * scale))
-  bucket = bucket_for(max(pw, ph))
+  bucket = side or bucket_for(max(pw, ph))
   crop = rgb[y0:y1, x0:x1]
-  if scale < 1.0:
+  if scale != 1.0:
     crop = np.asarray(Image.fromarray(crop).resize((pw, ph), Image.BILINEAR))
   patch = np.zeros((bucket, bucket, 3), np.float32)
   patch[:ph, :pw] = crop.astype(np.float32) / 255.0
@@ -84,7 +94,9 @@ def face_region(rgb: np.ndarray, landmarks: np.ndarray, extractors, *,
   to_photo = np.array([[1 / scale, 0, x0], [0, 1 / scale, y0], [0, 0, 1]], np.float64)
   affines = [(np.vstack([m, [0, 0, 1]]) @ to_photo)[:2].astype(np.float32)
              for m in photo_affines]
-  return Region((x0, y0, x1, y1), scale, bucket, patch, mask, affines)
+  canonical = similarity_transform((landmarks - [x0, y0]) * scale, CANONICAL_TEMPLATE)
+  return Region((x0, y0, x1, y1), scale, bucket, patch, mask, affines,
+                canonical.astype(np.float32))
 
 
 def paste(rgb: np.ndarray, region: Region, cloaked_patch: np.ndarray,
@@ -97,9 +109,9 @@ def paste(rgb: np.ndarray, region: Region, cloaked_patch: np.ndarray,
   x0, y0, x1, y1 = region.box
   out = rgb.copy()
   orig = rgb[y0:y1, x0:x1].astype(np.float32)
-  ph, pw = round((y1 - y0) * region.scale), round((x1 - x0) * region.scale)
+  ph, pw = region.patch_shape
   delta = (cloaked_patch[:ph, :pw] - region.patch[:ph, :pw]) * 255.0
-  if region.scale < 1.0:
+  if region.scale != 1.0:
     delta = np.stack([np.asarray(Image.fromarray(delta[..., c], "F").resize(
         (x1 - x0, y1 - y0), Image.BILINEAR)) for c in range(3)], axis=-1)
   out[y0:y1, x0:x1] = np.clip(np.round(orig + strength * delta), 0, 255).astype(np.uint8)
@@ -145,8 +157,8 @@ def recut(region: Region, rgb: np.ndarray) -> Region:
   """The same region geometry cut from another version of the photo (e.g. as written)."""
   x0, y0, x1, y1 = region.box
   crop = rgb[y0:y1, x0:x1]
-  ph, pw = round((y1 - y0) * region.scale), round((x1 - x0) * region.scale)
-  if region.scale < 1.0:
+  ph, pw = region.patch_shape
+  if region.scale != 1.0:
     crop = np.asarray(Image.fromarray(crop).resize((pw, ph), Image.BILINEAR))
   patch = np.zeros_like(region.patch)
   patch[:ph, :pw] = crop.astype(np.float32) / 255.0

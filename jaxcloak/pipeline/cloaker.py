@@ -25,10 +25,12 @@ from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import quality
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.faces.detect import MAX_SIDE, Detector
-from jaxcloak.optimize import (Batch, Knobs, data_mesh, make_cloak_fn, program_config,
-                               region_features, shard_batch)
+from jaxcloak.optimize import (Batch, Knobs, data_mesh, make_apply_fn, make_cloak_fn,
+                               program_config, region_features, shard_batch)
 from jaxcloak.pipeline.records import Face, Item  # noqa: F401 (also the engine's public types)
 
+# scope="person": every face is cut at this side, so a person's faces share a batch.
+PERSON_SIDE = 256
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
                   ".avif"}
 
@@ -71,6 +73,7 @@ class Cloaker(FaceFinder):
     super().__init__(config, weights_dir=weights_dir, max_pixels=max_pixels,
                      detect_side=detect_side)
     self.cloak_fn = make_cloak_fn(self.extractors, config)
+    self.apply_fn = make_apply_fn(config)
     self.features = region_features(self.extractors)
     devices = devices if devices is not None else jax.local_devices()
     self.mesh = data_mesh(devices) if len(devices) > 1 else None
@@ -88,6 +91,7 @@ class Cloaker(FaceFinder):
     engine = copy.copy(self)
     engine.config = config
     engine.cloak_fn = dataclasses.replace(self.cloak_fn, knobs=Knobs.of(config))
+    engine.apply_fn = make_apply_fn(config)
     return engine
 
   # -- stages ---------------------------------------------------------------
@@ -102,8 +106,10 @@ class Cloaker(FaceFinder):
         if min(f.box[2], f.box[3]) < self.config.min_face:
           f.status = "too_small"
           continue
+        side = PERSON_SIDE if self.config.scope == "person" else None
         f.region = regions_lib.face_region(it.photo.rgb, f.landmarks, self.extractors,
-                                           max_region=self.config.max_region, grid=grid)
+                                           max_region=self.config.max_region, grid=grid,
+                                           side=side)
         if spec is not None:
           on = spec[3] and f.region.scale == 1.0  # downscaled regions have no block grid
           f.jpeg = spec[:3] + (on,)
@@ -166,6 +172,53 @@ class Cloaker(FaceFinder):
                      "final_distance": float(res.final_distance[i]),
                      "self_distance": float(res.self_distance[i])}
           f.status = "cloaked" if bool(res.found[i]) else "not_improved"
+
+  def optimise_persons(self, groups: Sequence[Sequence[Face]],
+                       targets: dict[int, dict[str, np.ndarray]]) -> list[tuple]:
+    """One shared cloak per group of faces (a person's), searched jointly over them.
+
+    Whole groups are packed into compiled batches (a group larger than the batch is
+    cut to it). Returns per group (field, found, stats of the search).
+    """
+    out: list[tuple] = [None] * len(groups)
+    order = list(range(len(groups)))
+    while order:
+      chunk, persons, members = [], [], []
+      while order and len(chunk) + min(len(groups[order[0]]), self.batch_size) <= self.batch_size:
+        g = order.pop(0)
+        faces = list(groups[g])[:self.batch_size]
+        persons += [len(members)] * len(faces)
+        members.append((g, len(chunk), len(faces)))
+        chunk += faces
+      batch = self._batch(chunk, PERSON_SIDE, targets, {})
+      b = self.batch_size
+      ids = np.arange(b, dtype=np.int32) + b  # padding: a person of its own each
+      ids[:len(persons)] = persons
+      batch = batch._replace(persons=ids, canonical=_stack_canonical(chunk, b))
+      res = jax.device_get(self.cloak_fn(shard_batch(batch, self.mesh)))
+      for g, first, n in members:
+        rows = slice(first, first + n)
+        stats = {"steps": int(res.steps[first]), "faces": n,
+                 "start_distance": float(np.mean(res.start_distance[rows])),
+                 "final_distance": float(np.mean(res.final_distance[rows])),
+                 "self_distance": float(np.mean(res.self_distance[rows]))}
+        out[g] = (np.asarray(res.field[first]), bool(res.found[first]), stats)
+    return out
+
+  def apply_persons(self, faces: Sequence[Face], fields: dict[int, np.ndarray]) -> None:
+    """Carries each face's person's saved field (by id(face)) onto it: no search."""
+    todo = [f for f in faces if f.region is not None and id(f) in fields]
+    for chunk in _chunks(todo, self.batch_size):
+      b = self.batch_size
+      batch = self._batch(chunk, PERSON_SIDE, {}, {})
+      batch = batch._replace(canonical=_stack_canonical(chunk, b))
+      field = np.zeros((b,) + fields[id(chunk[0])].shape, np.float32)
+      for i, f in enumerate(chunk):
+        field[i] = fields[id(f)]
+      cloaked = np.asarray(self.apply_fn(batch, field))
+      for i, f in enumerate(chunk):
+        f.cloaked_patch = cloaked[i]
+        f.status = "cloaked"
 
   def _batch(self, chunk, bucket, targets, starts) -> Batch:
     n, b = len(chunk), self.batch_size
@@ -321,6 +374,13 @@ def _group_by_bucket(things, key=lambda r: r):
 def _chunks(seq, n):
   for i in range(0, len(seq), n):
     yield seq[i:i + n]
+
+
+def _stack_canonical(faces, batch):
+  out = np.tile(np.eye(2, 3, dtype=np.float32), (batch, 1, 1))
+  for i, f in enumerate(faces):
+    out[i] = f.region.canonical
+  return out
 
 
 def _stack_regions(regions, batch, bucket, n_ext):

@@ -15,12 +15,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from jaxcloak import persons as persons_lib
 from jaxcloak import targets as targets_lib
 from jaxcloak.files import atomic_write, permission_bits
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.paths import output_file
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.cloaker import IMAGE_SUFFIXES, Cloaker
+from jaxcloak.pipeline.destination import META_DIR
 from jaxcloak.pipeline.pool import pool_features  # noqa: F401 (its old home; still imported from here)
 from jaxcloak.pipeline.records import Item
 
@@ -99,6 +101,10 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
   # padding, which the loop computes like a face.
   ordered = [p for user_photos in users.values() for p in user_photos]
   targets: dict[str, targets_lib.Target | None] = {}
+  person_scope = config.scope == "person"
+  # scope="person": each person's cloak is kept beside the outputs for later batches.
+  book = persons_lib.folder_book(config, cloaker.extractors, out_dir / META_DIR) \
+      if person_scope else None
   with open(report, "a") as rep:
     for start in range(0, len(ordered), chunk):
       part = ordered[start:start + chunk]
@@ -108,7 +114,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
       live = stages.decode(cloaker, items)
       stages.detect(cloaker, live, max_faces=max_faces)
       new_users = [u for u in dict.fromkeys(who for _, _, who in part) if u not in targets]
-      if targeted and new_users:
+      if targeted and new_users and not person_scope:
         # One target per user, from up to TARGET_SAMPLE of the user's photos from here on.
         sample = [it for it in live if it.user in new_users]
         more = []
@@ -124,7 +130,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         chosen, _ = stages.choose_targets(cloaker, sample, pool)
         # A user with no usable face yet tries again with the next chunk's photos.
         targets.update({u: t for u, t in chosen.items() if t is not None})
-      stages.cloak(cloaker, live, targets)
+      stages.cloak(cloaker, live, targets, pool=pool, book=book)
       # Feature shift measured on the written, re-decoded files.
       done = [(it, f) for it in items if it.status == "cloaked" for f in it.faces
               if f.status == "cloaked"]
@@ -145,12 +151,15 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         atomic_write(output_file(out_dir, out_name, source=src), data,
                      permission_bits(src.stat().st_mode))
         target = targets.get(it.user)
+        target_name, target_feats = (target.name, target.features) if target else (None, None)
+        if person_scope and it.faces:  # each person has their own target, named in the stats
+          target_name = it.main_face().stats.get("target")
         faces_rec = []
         for f in it.faces:
           i = per_face.get(id(f))
           of = {e: orig[e][i] for e in orig} if i is not None else None
           wf = {e: written[e][i] for e in written} if i is not None else None
-          faces_rec.append(_face_record(f, target.features if target else None, of, wf,
+          faces_rec.append(_face_record(f, target_feats, of, wf,
                                         cloaker.extractors))
           if f.status == "cloaked" and "dssim" in f.stats:
             dssims.append(f.stats["dssim"])
@@ -159,7 +168,7 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
         rec = {"input": it.name, "output": out_name, "user": it.user, "status": it.status,
                "message": it.message or None, "faces": faces_rec,
                "notes": it.notes + (it.photo.notes if it.photo else []),
-               "target": target.name if target else None,
+               "target": target_name,
                "mode": config.mode, "budget": config.budget,
                "seconds": round(elapsed, 3)}
         rep.write(json.dumps(rec) + "\n")
@@ -168,6 +177,13 @@ def cloak_photos(cloaker: Cloaker, photos: Sequence[tuple[Path, str, str]], out_
           bar.write(it.message) if progress else log(it.message)
       bar.update(len(items))
   bar.close()
+  if person_scope:
+    grouped = {rec_user for rec_user in book.users_with_people()}
+    faceless = [u for u in users if u not in grouped]
+    if faceless:
+      raise ValueError(f"user {faceless[0]!r}: no usable face in its {len(users[faceless[0]])} "
+                       "photos, so there is no person to cloak (they were copied unchanged; "
+                       f"see {report})")
   seconds = time.time() - t_start
   return {"photos": len(photos), "by_status": counts, "faces": n_faces,
           "faces_cloaked": len(dssims),

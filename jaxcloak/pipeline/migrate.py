@@ -22,6 +22,7 @@ from typing import Callable
 from jaxcloak.faces.detect import MAX_SIDE
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.job import META_DIR, Job, MigrateError, Options, Progress  # noqa: F401 (re-exported)
+from jaxcloak import persons
 from jaxcloak.pipeline.pool import pool_features
 from jaxcloak.pipeline.sources import count_entries
 
@@ -43,7 +44,7 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   job = Job(src, dst, config, options, log=log)
   tty = sys.stderr.isatty() if progress is None else progress
   job.progress = Progress(count_entries(job.src), tty=tty, log=log, every=log_every)
-  cloaker = None
+  cloaker, book = None, None
   for chunk in job.chunks(job.tasks()):
     if cloaker is None:
       cloaker = make_cloaker() if make_cloaker else _default_cloaker(config, options)
@@ -52,8 +53,11 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
                            f"asks for {options.detect_side}; build it with detect_side=")
       if config.mode == "targeted" and pool is None:
         pool = _pool(cloaker, pool_dir, log)
+      if config.scope == "person":  # each person's cloak is kept in DST/.jaxcloak for reruns
+        book = persons.Book(config, cloaker.extractors, read=job.dst.read_meta,
+                            write=job.dst.write_meta)
     for results, new in stages.process(cloaker, chunk, targets=job.state.targets, pool=pool,
-                                       max_faces=options.max_faces):
+                                       max_faces=options.max_faces, book=book):
       job.save_targets(new)  # before any output that used them
       job.write_results(results)
   return job.finish(time.time() - t0)

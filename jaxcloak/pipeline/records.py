@@ -82,7 +82,12 @@ def result_of(task: Task, *, target: str | None = None) -> tuple[dict, bytes]:
       "dssim": round(max(dssims), 6) if dssims else None,
       "dssim_mean": round(float(np.mean(dssims)), 6) if dssims else None,
       "target": target if status == "cloaked" else None,
+      # scope="person": which person each face joined (None: not grouped).
+      "persons": [f.stats.get("person") for f in faces] if any("person" in f.stats
+                                                               for f in faces) else None,
       "notes": notes, "seconds": round(task.seconds, 3), "mode": task.mode}
+  if rec["persons"] and status == "cloaked":  # scope="person": each person has their target
+    rec["target"] = it.main_face().stats.get("target")
   data = it.output if (status == "cloaked" and it.output is not None) else task.data
   return rec, data
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxcloak import targets as targets_lib
+from jaxcloak import persons as persons_lib
+from jaxcloak.persons import PersonCloakError
 from jaxcloak.faces import io as photo_io
 from jaxcloak.pipeline.records import Item, Task, error_results, result_of
 
@@ -146,8 +148,16 @@ def target_by_name(pool: targets_lib.IdentityFeatures, name: str, extractors: Se
                             "recorded")
 
 
-def cloak(engine, items: Sequence[Item], targets: dict[str, targets_lib.Target | None]) -> None:
-  """Optimises, writes back and refines every face of the items, each toward its user's target."""
+def cloak(engine, items: Sequence[Item], targets: dict[str, targets_lib.Target | None], *,
+          pool: targets_lib.IdentityFeatures | None = None, book=None) -> None:
+  """Optimises, writes back and refines every face of the items, each toward its user's target.
+
+  With scope="person" each person in the items gets one cloak instead (`cloak_persons`);
+  `book` holds the people already known (a fresh one if None), `pool` their targets.
+  """
+  if engine.config.scope == "person":
+    cloak_persons(engine, items, pool=pool, book=book)
+    return
   face_targets = {}
   targeted = engine.config.mode == "targeted"
   for it in items:
@@ -158,6 +168,71 @@ def cloak(engine, items: Sequence[Item], targets: dict[str, targets_lib.Target |
       elif targeted and f.status == "pending":
         f.status = "no_target"
   engine.cloak_items(items, face_targets)
+
+
+def cloak_persons(engine, items: Sequence[Item], *, pool=None, book=None) -> None:
+  """Groups the items' faces into people (per user), makes one cloak for each new person
+  from up to `person_photos` of their faces, carries every person's cloak onto all their
+  faces, and writes the items back (each face's budget held on its own file)."""
+  config = engine.config
+  targeted = config.mode == "targeted"
+  if targeted and pool is None:
+    raise StageError("targeted mode needs a target pool (--pool DIR of identity folders); "
+                     "or use --mode untargeted")
+  book = book or persons_lib.Book(config, engine.extractors)
+  faces = [(it, f) for it in items for f in it.faces
+           if f.region is not None and f.status == "pending"]
+  feats = engine.region_features([f.region for _, f in faces])
+  face_feats = [{e: feats[e][k] for e in feats} for k in range(len(faces))]
+  people: dict[int, tuple] = {}  # id(person) -> (user, person, face indices)
+  for user in dict.fromkeys(it.user for it, _ in faces):
+    ks = [k for k, (it, _) in enumerate(faces) if it.user == user]
+    for k, (person, dist) in zip(ks, book.assign(user, [face_feats[k] for k in ks])):
+      faces[k][1].stats.update(person=person.key, person_distance=round(dist, 4))
+      people.setdefault(id(person), (user, person, []))[2].append(k)
+  new = [(u, p, ks) for u, p, ks in people.values() if p.field is None]
+  groups, face_targets = [], {}
+  for user, person, ks in new:
+    # The faces nearest the person's centroid: the clearest views of who they are.
+    order = sorted(ks, key=lambda k: persons_lib.distance(
+        face_feats[k], person.centroid, book.thresholds, book.weights))
+    enrol = [faces[k][1] for k in order[:config.person_photos]]
+    if targeted:
+      target = targets_lib.choose_target(
+          {e: feats[e][ks] for e in config.extractors}, pool, extractors=config.extractors,
+          weights=config.weights, choice=config.target_choice, top_k=config.target_top_k,
+          seed=config.seed, exclude=(user,))
+      person.target = target.name
+      face_targets.update({id(f): target.features for f in enrol})
+    for f in enrol:
+      f.stats["enrolled"] = True
+    groups.append(enrol)
+  for (_, person, ks), (field, found, stats) in zip(new, engine.optimise_persons(groups,
+                                                                                 face_targets)):
+    person.field = field if found else None
+    for k in ks:
+      faces[k][1].stats["search"] = stats
+  fields = {}
+  for user, person, ks in people.values():
+    mixed = book.mixed_share([face_feats[k] for k in ks])
+    for k in ks:
+      it, f = faces[k]
+      f.stats["target"] = person.target
+      if mixed > persons_lib.MIXED_PAIR_SHARE:
+        # Grouping has no labels: say so where a person's faces disagree.
+        f.stats["person_mixed"] = round(mixed, 3)
+        it.notes.append(f"face {it.faces.index(f)} joined person {person.key} of user {user!r}, "
+                        f"whose faces here may be more than one person ({mixed:.0%} of their "
+                        "pairs are over the same-person threshold)")
+      if person.field is None:
+        f.status = "not_improved"
+      else:
+        fields[id(f)] = person.field
+  engine.apply_persons([f for _, f in faces], fields)
+  for it in items:
+    engine.write_back(it)
+  for user in dict.fromkeys(u for u, _, _ in people.values()):
+    book.save(user)
 
 
 # -- a migration's tasks ------------------------------------------------------------------
@@ -187,17 +262,19 @@ def prepare(engine, tasks: Sequence[Task], *, max_faces: int = MAX_FACES) -> Non
 
 
 def compute(engine, tasks: Sequence[Task], *, targets: dict[str, str | None],
-            pool=None) -> dict[str, str | None]:
+            pool=None, book=None) -> dict[str, str | None]:
   """Targets and the cloak for prepared tasks; returns the targets newly chosen.
 
   Args:
     targets: user -> recorded target name (None = that user had no usable face).
+    book: scope="person": the people known so far (`persons.Book`).
   """
   t0 = time.perf_counter()
   live = [t.item for t in tasks
           if t.item.photo is not None and t.item.faces and t.item.status == "pending"]
-  chosen, new = choose_targets(engine, live, pool, recorded=targets)
-  cloak(engine, live, chosen)
+  chosen, new = ({}, {}) if engine.config.scope == "person" else \
+      choose_targets(engine, live, pool, recorded=targets)
+  cloak(engine, live, chosen, pool=pool, book=book)
   share = (time.perf_counter() - t0) / max(1, len(live))
   ids = {id(it) for it in live}
   for t in tasks:
@@ -207,7 +284,7 @@ def compute(engine, tasks: Sequence[Task], *, targets: dict[str, str | None],
 
 
 def process(engine, tasks: Sequence[Task], *, targets: dict[str, str | None], pool=None,
-            max_faces: int = MAX_FACES):
+            max_faces: int = MAX_FACES, book=None):
   """Every stage for a chunk of tasks, failures isolated to the photo that caused them.
 
   Yields (records with output bytes, targets newly chosen) once for the chunk,
@@ -221,8 +298,8 @@ def process(engine, tasks: Sequence[Task], *, targets: dict[str, str | None], po
     for group in groups:
       try:
         prepare(engine, group, max_faces=max_faces)
-        new = compute(engine, group, targets=targets, pool=pool)
-      except StageError:
+        new = compute(engine, group, targets=targets, pool=pool, book=book)
+      except (StageError, PersonCloakError):  # the job's settings or files, not this photo
         raise
       except Exception as e:  # an engine bug must not stop the archive: copy, record, go on
         if attempt == 0 and len(group) > 1:

@@ -10,7 +10,8 @@ import pytest
 
 from jaxcloak import flags, losses
 from jaxcloak.config import CloakConfig
-from jaxcloak.optimize import Knobs, make_cloak_fn, pixel_noise, program_config
+from jaxcloak.optimize import Knobs, make_cloak_fn, program_config
+from jaxcloak.perturbations import pixel_noise
 from tests.core.tiny import tiny_batch, tiny_extractor
 
 BUDGET = 0.01

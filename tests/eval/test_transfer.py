@@ -71,34 +71,6 @@ def test_frontier_points_hold_the_held_out_models_out_of_every_cloak(tmp_path):
                          frontier_held_out=("dlib",)).frontier_config("base", "budget=0.004")
 
 
-def test_config_labels_differ_whenever_configs_do():
-  """The label keys cloaked samples and cached tracker features: two configs that
-  differ in any field must never share one."""
-  import dataclasses
-  from jaxcloak.config import CloakConfig
-  from jaxcloak.eval.cloaking import config_label
-  base = CloakConfig()
-  changed = {"mode": "untargeted", "extractors": ("sface",), "extractor_weights": (2.0,),
-             "optimizer": "mifgsm", "target_choice": "average", "stop_fraction": 0.2,
-             "blur_sigmas": (1.0,), "ensemble": "mean", "view_kinds": ("flip",),
-             "local_budget": 0.03, "max_pixel_change": 0.05, "jpeg_quality": 90,
-             "jpeg_aware": False, "detect_upscale": False, "feature_dropout": 0.1,
-             "momentum": 0.5, "perturbation": "shaped", "min_ssimulacra2": 80.0}
-  labels = {config_label(base)}
-  for f in dataclasses.fields(CloakConfig):
-    v = getattr(base, f.name)
-    new = changed.get(f.name, (v + 1 if isinstance(v, int) and not isinstance(v, bool)
-                               else v * 0.5 if isinstance(v, float) else v))
-    if f.name == "extractor_weights":
-      other = dataclasses.replace(base, extractors=("dlib",), extractor_weights=new)
-    else:
-      assert new != v, f"no other value for {f.name}"
-      other = dataclasses.replace(base, **{f.name: new})
-    label = config_label(other)
-    assert label not in labels, (f.name, label)
-    labels.add(label)
-
-
 def test_cli_knob_flags_are_checked_before_any_work(tmp_path, capsys):
   from jaxcloak.eval.cli import main
   (tmp_path / "d" / "a").mkdir(parents=True)
