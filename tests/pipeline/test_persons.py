@@ -152,3 +152,22 @@ def test_user_with_no_usable_face_is_an_error(tmp_path, capsys):
                              "--scope", "person", "--mode", "untargeted", "--steps", "1"])
   assert "no usable face" in line and "'u'" in line
   assert (tmp_path / "out" / "u" / "noise.png").read_bytes() == (src / "noise.png").read_bytes()
+
+
+def test_migrate_groups_people_and_reuses_their_cloaks_on_a_rerun(tmp_path, faces_dir):
+  from jaxcloak.pipeline.manifest import Manifest
+  src = _user_folder(tmp_path / "src", faces_dir, {A: ["1.jpg", "2.jpg"], B: ["1.jpg"]})
+  dst = tmp_path / "dst"
+  jaxcloak.migrate(src, dst, **FIELDS)
+  first = Manifest(dst / META_DIR / "manifest.jsonl").load()
+  people = {rel: rec["persons"][0] for rel, rec in first.items()}
+  assert people[f"u/{A}-1.jpg"] == people[f"u/{A}-2.jpg"] != people[f"u/{B}-1.jpg"]
+  assert all(rec["status"] == "cloaked" for rec in first.values())
+  # A new photo of a known person, migrated by a rerun of the same job, joins them: the
+  # second person seen (a fresh grouping would call them the first).
+  assert people[f"u/{B}-1.jpg"] != "p0"
+  (src / "u" / f"{B}-2.jpg").write_bytes((faces_dir / B / "2.jpg").read_bytes())
+  jaxcloak.migrate(src, dst, **FIELDS)
+  again = Manifest(dst / META_DIR / "manifest.jsonl").load()[f"u/{B}-2.jpg"]
+  assert again["status"] == "cloaked" and again["persons"] == [people[f"u/{B}-1.jpg"]]
+  assert len(list((dst / META_DIR / "persons").glob("*.npz"))) == 1
