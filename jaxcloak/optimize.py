@@ -40,6 +40,7 @@ import numpy as np
 import optax
 
 from jaxcloak import jpeg, losses, perturbations
+from jaxcloak.objective import Objective, member_sq_distances
 from jaxcloak import views as views_lib
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces.align import warp_affine
@@ -89,6 +90,7 @@ class Result(NamedTuple):
   # scope="person": [b, ...] the kept search variable, each item holding its
   # person's (what `make_apply_fn` carries onto new photos); else None.
   field: jax.Array = None
+  objective: jax.Array = None  # [b] the objective (objective.py) of the returned patch
 
 
 class Knobs(NamedTuple):
@@ -193,21 +195,18 @@ def make_apply_fn(config: CloakConfig):
   @jax.jit
   def run(batch: Batch, field, knobs: Knobs):
     _, pixels = parametrise(batch, knobs)
-    return perturbations.restrict(pixels(field), batch.patches, batch.masks[..., None], max_change)
+    return perturbations.restrict(pixels(field), batch.patches, batch.masks[..., None],
+                                  max_change)
 
-  return lambda batch, field: run(batch, field, Knobs.of(config))
+  return run
 
 
 def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> CloakFn:
   """Builds the jitted whole-batch optimisation for the given extractors and config."""
   extractors = tuple(extractors)
-  weights = jnp.asarray(config.weights, jnp.float32)
-  weights = weights / jnp.sum(weights)
-  # Squared unit-sphere distance at each model's same-person threshold: the
-  # common scale of untargeted members.
-  same_person = jnp.asarray([e.same_person_sq_distance for e in extractors], jnp.float32)
+  objective_of = Objective.of(config, extractors)
+  weighted = objective_of.weighted
   targeted = config.mode == "targeted"
-  balanced = config.ensemble == "balanced"
   blur_sigmas = tuple(config.blur_sigmas)
   n_views = config.views
   pixel_kinds = tuple(k for k in config.view_kinds if k != "affine")
@@ -255,24 +254,6 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
       f = embed(e, p, jnp.concatenate(views), jax.random.fold_in(kk, n_views + 1))
       out.append(f.reshape(len(views), b, -1))
     return out
-
-  def member_sq_distances(feats, refs):
-    """Per extractor [..., b, d] features vs [b, d] refs -> [m, b] squared distances."""
-    d = [jnp.sum(jnp.square(f - r), axis=-1) for f, r in zip(feats, refs)]
-    return jnp.stack([x.reshape(-1, x.shape[-1]).mean(axis=0) for x in d])
-
-  def objective_of(d, start):
-    """[m, b] squared member distances -> [b] objective (lower is better)."""
-    if not balanced:
-      mean = jnp.tensordot(weights, d, axes=1)
-      return mean if targeted else -mean
-    # Each member on a common scale: its share of the start distance left to
-    # cover (targeted), or its distance in units of its same-person threshold.
-    terms = d / jnp.maximum(start, 1e-6) if targeted else -d / same_person[:, None]
-    return losses.soft_maximum(terms.T, weights, config.ensemble_temperature)
-
-  def weighted(d):
-    return jnp.tensordot(weights, d, axes=1)
 
   def run(params, batch: Batch, knobs: Knobs) -> Result:
     traces.append(1)  # runs at trace time only
@@ -400,7 +381,8 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     return Result(cloaked, ds, found, state.steps, jnp.sqrt(weighted(no_move)),
                   jnp.sqrt(weighted(d)), jnp.sqrt(weighted(member_self)),
                   jnp.sqrt(no_move).T, jnp.sqrt(d).T, jnp.sqrt(member_self).T, worst,
-                  None if batch.persons is None else best_w)
+                  None if batch.persons is None else best_w,
+                  jnp.where(found, best_objective, init_objective))
 
   params = tuple(e.params for e in extractors)
   return CloakFn(jax.jit(run), params, traces, Knobs.of(config))

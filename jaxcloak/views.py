@@ -33,14 +33,23 @@ _RADIUS = 6  # blur taps: 3 sigma at the largest sigma
 _P = 0.5
 
 
+def _per_item(key, b: int, draw):
+  """[b, ...] draws, item i's from key folded with i: what an item draws does not depend on
+  how many items share its batch (a face gets the same views padded or not)."""
+  keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(b))
+  return jax.vmap(draw)(keys)
+
+
 def jitter_affines(key, affines: jax.Array, size: int) -> jax.Array:
   """[b, 2, 3] patch->crop affines composed with a random similarity about the crop centre."""
   b = affines.shape[0]
   ks, kr, kt, kon = jax.random.split(key, 4)
-  scale = 1.0 + jax.random.uniform(ks, (b,), minval=-SCALE, maxval=SCALE)
-  angle = jax.random.uniform(kr, (b,), minval=-ROTATE, maxval=ROTATE)
-  shift = jax.random.uniform(kt, (b, 2), minval=-SHIFT, maxval=SHIFT) * size
-  on = jax.random.bernoulli(kon, _P, (b,))
+  scale = 1.0 + _per_item(ks, b, lambda k: jax.random.uniform(k, (), minval=-SCALE,
+                                                               maxval=SCALE))
+  angle = _per_item(kr, b, lambda k: jax.random.uniform(k, (), minval=-ROTATE, maxval=ROTATE))
+  shift = _per_item(kt, b, lambda k: jax.random.uniform(k, (2,), minval=-SHIFT,
+                                                        maxval=SHIFT)) * size
+  on = _per_item(kon, b, lambda k: jax.random.bernoulli(k, _P))
   scale, angle = jnp.where(on, scale, 1.0), jnp.where(on, angle, 0.0)
   shift = jnp.where(on[:, None], shift, 0.0)
   c = (size - 1) / 2.0
@@ -104,19 +113,21 @@ def apply_pixel_views(key, crops: jax.Array, kinds: Sequence[str]) -> jax.Array:
   x = crops
 
   def coin(k):
-    return jax.random.bernoulli(jax.random.fold_in(k, 1), _P, (b,))
+    return _per_item(jax.random.fold_in(k, 1), b, lambda kk: jax.random.bernoulli(kk, _P))
 
   if "flip" in kinds:
     x = jnp.where(coin(keys["flip"])[:, None, None, None], x[:, :, ::-1], x)
   if "blur" in kinds:
-    sigma = jax.random.uniform(keys["blur"], (b,), maxval=MAX_SIGMA)
+    sigma = _per_item(keys["blur"], b, lambda k: jax.random.uniform(k, (), maxval=MAX_SIGMA))
     x = _blur(x, jnp.where(coin(keys["blur"]), sigma, 0.0))
   if "jpeg" in kinds:
-    quality = jax.random.uniform(keys["jpeg"], (b,), minval=QUALITY[0], maxval=QUALITY[1])
+    quality = _per_item(keys["jpeg"], b, lambda k: jax.random.uniform(
+        k, (), minval=QUALITY[0], maxval=QUALITY[1]))
     x = jnp.where(coin(keys["jpeg"])[:, None, None, None], _jpeg(x, quality), x)
   if "noise" in kinds:
     k1, k2 = jax.random.split(keys["noise"])
-    std = jax.random.uniform(k1, (b, 1, 1, 1), maxval=MAX_NOISE)
+    std = _per_item(k1, b, lambda k: jax.random.uniform(k, (1, 1, 1), maxval=MAX_NOISE))
     std = jnp.where(coin(keys["noise"])[:, None, None, None], std, 0.0)
-    x = jnp.clip(x + std * jax.random.normal(k2, x.shape), 0.0, 1.0)
+    noise = _per_item(k2, b, lambda k: jax.random.normal(k, x.shape[1:]))
+    x = jnp.clip(x + std * noise, 0.0, 1.0)
   return x

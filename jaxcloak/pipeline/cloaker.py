@@ -21,6 +21,7 @@ import numpy as np
 from jaxcloak import jpeg as jpeg_lib
 from jaxcloak import models
 from jaxcloak.config import CloakConfig
+from jaxcloak.objective import Objective, member_sq_distances
 from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import quality
 from jaxcloak.faces import regions as regions_lib
@@ -73,6 +74,7 @@ class Cloaker(FaceFinder):
     super().__init__(config, weights_dir=weights_dir, max_pixels=max_pixels,
                      detect_side=detect_side)
     self.cloak_fn = make_cloak_fn(self.extractors, config)
+    self.objective = Objective.of(config, self.extractors)
     self.apply_fn = make_apply_fn(config)
     self.features = region_features(self.extractors)
     devices = devices if devices is not None else jax.local_devices()
@@ -91,8 +93,16 @@ class Cloaker(FaceFinder):
     engine = copy.copy(self)
     engine.config = config
     engine.cloak_fn = dataclasses.replace(self.cloak_fn, knobs=Knobs.of(config))
-    engine.apply_fn = make_apply_fn(config)
     return engine
+
+  def compiled_size(self, n: int) -> int:
+    """The smallest compiled batch that holds n faces: the device count times a power of
+    two, at most batch_size. A padding item costs what a face costs, and a few sizes
+    compile once each (views draw per item, so padding never changes a face's cloak)."""
+    size = self.n_devices
+    while size < n and size < self.batch_size:
+      size *= 2
+    return min(size, self.batch_size)
 
   # -- stages ---------------------------------------------------------------
 
@@ -143,7 +153,8 @@ class Cloaker(FaceFinder):
     indexed = [(i, r) for i, r in enumerate(regions)]
     for bucket, group in _group_by_bucket(indexed, key=lambda ir: ir[1]):
       for chunk in _chunks(group, self.batch_size):
-        patches, affines = _stack_regions([r for _, r in chunk], self.batch_size, bucket,
+        patches, affines = _stack_regions([r for _, r in chunk], self.compiled_size(len(chunk)),
+                                          bucket,
                                           len(self.extractors))
         feats = self.features(patches, affines)
         rows = [i for i, _ in chunk]
@@ -170,8 +181,19 @@ class Cloaker(FaceFinder):
                      "worst_block_float": float(res.worst_block[i]),
                      "start_distance": float(res.start_distance[i]),
                      "final_distance": float(res.final_distance[i]),
-                     "self_distance": float(res.self_distance[i])}
+                     "self_distance": float(res.self_distance[i]),
+                     "objective": float(res.objective[i]),
+                     **self._member_stats(res, i)}
           f.status = "cloaked" if bool(res.found[i]) else "not_improved"
+
+  def _member_stats(self, res, i: int) -> dict:
+    """Per member, on the float patch: its distance to the target (from the original when
+    untargeted), its distance from the original, and whether it is fooled by that."""
+    names = [e.name for e in self.extractors]
+    return {"member_distances": {n: float(v) for n, v in zip(names, res.member_final[i])},
+            "member_self": {n: float(v) for n, v in zip(names, res.member_self[i])},
+            "member_fooled": {e.name: bool(v > e.same_person_distance)
+                              for e, v in zip(self.extractors, res.member_self[i])}}
 
   def optimise_persons(self, groups: Sequence[Sequence[Face]],
                        targets: dict[int, dict[str, np.ndarray]]) -> list[tuple]:
@@ -191,7 +213,7 @@ class Cloaker(FaceFinder):
         members.append((g, len(chunk), len(faces)))
         chunk += faces
       batch = self._batch(chunk, PERSON_SIDE, targets, {})
-      b = self.batch_size
+      b = self.compiled_size(len(chunk))
       ids = np.arange(b, dtype=np.int32) + b  # padding: a person of its own each
       ids[:len(persons)] = persons
       batch = batch._replace(persons=ids, canonical=_stack_canonical(chunk, b))
@@ -209,19 +231,19 @@ class Cloaker(FaceFinder):
     """Carries each face's person's saved field (by id(face)) onto it: no search."""
     todo = [f for f in faces if f.region is not None and id(f) in fields]
     for chunk in _chunks(todo, self.batch_size):
-      b = self.batch_size
+      b = self.compiled_size(len(chunk))
       batch = self._batch(chunk, PERSON_SIDE, {}, {})
       batch = batch._replace(canonical=_stack_canonical(chunk, b))
       field = np.zeros((b,) + fields[id(chunk[0])].shape, np.float32)
       for i, f in enumerate(chunk):
         field[i] = fields[id(f)]
-      cloaked = np.asarray(self.apply_fn(batch, field))
+      cloaked = np.asarray(self.apply_fn(batch, field, Knobs.of(self.config)))
       for i, f in enumerate(chunk):
         f.cloaked_patch = cloaked[i]
         f.status = "cloaked"
 
   def _batch(self, chunk, bucket, targets, starts) -> Batch:
-    n, b = len(chunk), self.batch_size
+    n, b = len(chunk), self.compiled_size(len(chunk))
     patches, affines = _stack_regions([f.region for f in chunk], b, bucket, len(self.extractors))
     masks = np.zeros((b, bucket, bucket), np.float32)
     tgt = [np.zeros((b, e.embedding_dim), np.float32) for e in self.extractors]
@@ -252,18 +274,24 @@ class Cloaker(FaceFinder):
     return jpeg_lib.JpegSpec.stack(specs)
 
   def _written_objective(self, pairs, targets) -> np.ndarray:
-    """Per (item, face): the goal measured on the written file (lower is better)."""
-    if not pairs:
+    """Per (item, face): the loop's objective measured on the written file (lower is better)."""
+    return self.objective_on([regions_lib.recut(f.region, it.written_rgb) for it, f in pairs],
+                             [f for _, f in pairs], targets)
+
+  def objective_on(self, regions, faces, targets) -> np.ndarray:
+    """The loop's objective (objective.py) of each face as the given region shows it."""
+    if not faces:
       return np.zeros((0,))
-    written = self.region_features([regions_lib.recut(f.region, it.written_rgb) for it, f in pairs])
-    w = np.asarray(self.config.weights, np.float64) / np.sum(self.config.weights)
+    now = self.region_features(regions)
+    orig = self.region_features([f.region for f in faces])
+    names = [e.name for e in self.extractors]
     if self.config.mode == "targeted":
-      return sum(wi * np.array([np.linalg.norm(written[e.name][k] - targets[id(f)][e.name])
-                                for k, (_, f) in enumerate(pairs)])
-                 for wi, e in zip(w, self.extractors))
-    orig = self.region_features([f.region for _, f in pairs])
-    return -sum(wi * np.linalg.norm(written[e.name] - orig[e.name], axis=1)
-                for wi, e in zip(w, self.extractors))
+      refs = [np.stack([targets[id(f)][n] for f in faces]) for n in names]
+      start = member_sq_distances([orig[n] for n in names], refs)
+    else:
+      refs = [orig[n] for n in names]
+      start = np.zeros((len(names), len(faces)), np.float32)
+    return np.asarray(self.objective(member_sq_distances([now[n] for n in names], refs), start))
 
   def cloak_items(self, items: Sequence[Item], targets: dict[int, dict[str, np.ndarray]]) -> None:
     """The cloak step every command shares: optimise every face of the items,

@@ -200,3 +200,51 @@ def test_reconfigured_engine_shares_programs_only_when_it_can(cloaker):
   assert other.config.budget == 0.007 and cloaker.config.budget == preset("low").budget
   with pytest.raises(ValueError, match="other compiled programs"):
     cloaker.reconfigured(dataclasses.replace(cloaker.config, views=1))
+
+
+@pytest.fixture(scope="module")
+def untargeted():
+  """An engine with random views, and one real face's photo."""
+  return Cloaker(preset("low", steps=4, batch_size=4, views=1, mode="untargeted"))
+
+
+def _face_photo(faces_dir) -> bytes:
+  who = sorted(d for d in faces_dir.iterdir() if d.is_dir())[0]
+  return sorted(who.glob("*.jpg"))[0].read_bytes()
+
+
+def _cloak_one(engine, data: bytes, name: str = "a.jpg"):
+  from jaxcloak.pipeline import stages
+  from jaxcloak.pipeline.records import Item
+  item = Item(name, data, "u")
+  stages.detect(engine, stages.decode(engine, [item]))
+  engine.optimise([item.main_face()], {})
+  return item
+
+
+def test_a_face_gets_the_same_cloak_padded_or_not(untargeted, faces_dir, monkeypatch):
+  """A chunk runs at the smallest compiled batch that holds it (issue 23); a face's
+  cloak must not depend on that padding, random views included."""
+  data = _face_photo(faces_dir)
+  monkeypatch.setattr(untargeted, "compiled_size", lambda n: 1)
+  alone = _cloak_one(untargeted, data).main_face()
+  monkeypatch.setattr(untargeted, "compiled_size", lambda n: 4)
+  padded = _cloak_one(untargeted, data).main_face()
+  assert alone.stats["steps"] == padded.stats["steps"] and alone.stats["dssim_float"] > 0
+  # Equal up to float reassociation in batched kernels: far under one 8-bit level.
+  assert np.abs(alone.cloaked_patch - padded.cloaked_patch).max() < 0.5 / 255
+  assert set(alone.stats["member_distances"]) == {"dlib"}  # per member, into the report
+
+
+def test_the_written_file_is_judged_by_the_loops_objective(untargeted, faces_dir):
+  """Whether a refine round is kept is decided on the written file by the loop's own
+  objective (objective.py): given the loop's own pixels, the decision gives the loop's value.
+  (A PNG: a JPEG's loop scores its pixels through the simulated encoder.)"""
+  png = io.BytesIO()
+  Image.open(io.BytesIO(_face_photo(faces_dir))).save(png, "PNG")
+  item = _cloak_one(untargeted, png.getvalue(), "a.png")
+  face = item.main_face()
+  assert face.status == "cloaked" and face.stats["objective"] < 0  # untargeted: pushed away
+  as_loop = dataclasses.replace(face.region, patch=face.cloaked_patch)
+  judged = untargeted.objective_on([as_loop], [face], {})[0]
+  assert judged == pytest.approx(face.stats["objective"], rel=1e-3)

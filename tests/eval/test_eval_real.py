@@ -125,6 +125,10 @@ def test_eval_quick_cli(faces_dir, pool_dir, tmp_path):
   cloaked = [r for r in tr if r["role"] != "clean"]
   assert all(r["heldout_shift"] > 0 and 0 <= r["heldout_fooled"] <= 1 for r in cloaked)
   assert all(set(r["member_fooled"]) == {"dlib", "sface"} for r in cloaked)
+  # The loop's own per-member figures reach the rows and the report (issue 24).
+  assert all(set(r["loop_member_distances"]) == set(r["cloak_models"].split("+"))
+             for r in cloaked)
+  assert "The loop's own per-member distances" in md
   assert info["transfer_models"] == ["dlib", "sface"]
   assert set(info["tracker_pipelines"]) == {"retinaface", "margin"}
   assert "| dlib | retinaface | sface |" in md and (out / "psr_transfer.png").exists()
