@@ -82,7 +82,10 @@ def dssim(a: jax.Array, b: jax.Array, mask: jax.Array | None = None) -> jax.Arra
   return (1.0 - mean_ssim) / 2.0
 
 
-def visibility(a: jax.Array, b: jax.Array, mask: jax.Array, block: int
+TILES = 8  # tiles per side of a region's bucket: each an eye-sized eighth of it
+
+
+def visibility(a: jax.Array, b: jax.Array, mask: jax.Array, block
                ) -> tuple[jax.Array, jax.Array]:
   """Mean region DSSIM and the DSSIM of every block, per image.
 
@@ -93,20 +96,32 @@ def visibility(a: jax.Array, b: jax.Array, mask: jax.Array, block: int
   Args:
     a, b: [b, h, w, c] in [0, 1].
     mask: [b, h, w], 1 inside the region (same rule as `dssim`).
-    block: tile side in pixels.
+    block: tile side in pixels, one for all or [b] per image (data, not shape:
+      a face padded into a larger canvas keeps its own tiles, `block_size` of
+      its own bucket). The TILES x TILES tiles start at the top-left corner.
   Returns:
-    ([b] mean DSSIM, [b, th, tw] tile DSSIM); the worst block is the tiles' max.
+    ([b] mean DSSIM, [b, TILES, TILES] tile DSSIM); the worst block is the tiles' max.
   """
   ssim_map, m = _masked_ssim_map(a, b, mask)
   mean = jnp.sum(ssim_map * m, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
   n, h, w = ssim_map.shape
-  th, tw = -(-h // block), -(-w // block)
-  pad = ((0, 0), (0, th * block - h), (0, tw * block - w))
-  d = jnp.pad((1.0 - ssim_map) / 2.0 * m, pad).reshape(n, th, block, tw, block)
-  cover = jnp.pad(m, pad).reshape(n, th, block, tw, block)
-  d, cover = jnp.sum(d, axis=(2, 4)), jnp.sum(cover, axis=(2, 4))
-  tiles = jnp.where(cover >= 0.5 * block * block, d / jnp.maximum(cover, 1.0), 0.0)
+  block = jnp.broadcast_to(jnp.asarray(block, jnp.int32), (n,))
+  d = _tile_sums((1.0 - ssim_map) / 2.0 * m, block)
+  cover = _tile_sums(m, block)
+  area = (block * block).astype(jnp.float32)[:, None, None]
+  tiles = jnp.where(cover >= 0.5 * area, d / jnp.maximum(cover, 1.0), 0.0)
   return (1.0 - mean) / 2.0, tiles
+
+
+def _tile_sums(x: jax.Array, block: jax.Array) -> jax.Array:
+  """[n, h, w] -> [n, TILES, TILES] sums over each image's block x block tiles (clipped at
+  the map's edge), from a summed-area table: the tile side is per image data."""
+  n, h, w = x.shape
+  table = jnp.pad(jnp.cumsum(jnp.cumsum(x, axis=1), axis=2), ((0, 0), (1, 0), (1, 0)))
+  edges = block[:, None] * jnp.arange(TILES + 1)[None, :]  # [n, TILES + 1]
+  rows = jnp.take_along_axis(table, jnp.minimum(edges, h)[:, :, None], axis=1)
+  corners = jnp.take_along_axis(rows, jnp.minimum(edges, w)[:, None, :], axis=2)
+  return corners[:, 1:, 1:] - corners[:, :-1, 1:] - corners[:, 1:, :-1] + corners[:, :-1, :-1]
 
 
 def worst_block(tiles: jax.Array) -> jax.Array:
@@ -116,7 +131,7 @@ def worst_block(tiles: jax.Array) -> jax.Array:
 
 def block_size(side: int) -> int:
   """The visibility tile for a region padded to `side`: an eye-sized eighth of it."""
-  return max(8, side // 8)
+  return max(8, side // TILES)
 
 
 def soft_maximum(terms: jax.Array, weights: jax.Array, temperature: float) -> jax.Array:

@@ -70,6 +70,9 @@ class Batch(NamedTuple):
   # frame affines (region.canonical). None = every item its own search.
   persons: Any = None
   canonical: Any = None
+  # [b] int32 visibility tile side per item (`losses.block_size` of its own bucket), so a
+  # face padded into a larger canvas keeps its tiles; None = the canvas's.
+  blocks: Any = None
 
 
 class Result(NamedTuple):
@@ -260,7 +263,7 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     optimizer = _optimizer(config, knobs.learning_rate)
     orig = batch.patches
     mask = batch.masks[..., None]
-    block = losses.block_size(orig.shape[1])
+    block = losses.block_size(orig.shape[1]) if batch.blocks is None else batch.blocks
     w0, raw_pixels = parametrise(batch, knobs)
     shared = person_mean(batch.persons, batch.active)
     self_feats = plain_features(params, orig, batch.affines)

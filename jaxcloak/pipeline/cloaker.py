@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from jaxcloak import jpeg as jpeg_lib
+from jaxcloak import losses
 from jaxcloak import models
 from jaxcloak.config import CloakConfig
 from jaxcloak.objective import Objective, member_sq_distances
@@ -151,15 +152,13 @@ class Cloaker(FaceFinder):
     """extractor -> [n, d] unit features of the regions, in input order."""
     out = {e.name: np.zeros((len(regions), e.embedding_dim), np.float32) for e in self.extractors}
     indexed = [(i, r) for i, r in enumerate(regions)]
-    for bucket, group in _group_by_bucket(indexed, key=lambda ir: ir[1]):
-      for chunk in _chunks(group, self.batch_size):
-        patches, affines = _stack_regions([r for _, r in chunk], self.compiled_size(len(chunk)),
-                                          bucket,
-                                          len(self.extractors))
-        feats = self.features(patches, affines)
-        rows = [i for i, _ in chunk]
-        for e, f in zip(self.extractors, feats):
-          out[e.name][rows] = np.asarray(f)[:len(chunk)]
+    for bucket, chunk in _canvas_chunks(indexed, lambda ir: ir[1], self.batch_size):
+      patches, affines = _stack_regions([r for _, r in chunk], self.compiled_size(len(chunk)),
+                                        bucket, len(self.extractors))
+      feats = self.features(patches, affines)
+      rows = [i for i, _ in chunk]
+      for e, f in zip(self.extractors, feats):
+        out[e.name][rows] = np.asarray(f)[:len(chunk)]
     return out
 
   def optimise(self, faces: Sequence[Face], targets: dict[int, dict[str, np.ndarray]],
@@ -171,20 +170,20 @@ class Cloaker(FaceFinder):
     """
     todo = [f for f in faces if f.region is not None
             and (f.status == "pending" or (starts is not None and id(f) in starts))]
-    for bucket, group in _group_by_bucket(todo, key=lambda f: f.region):
-      for chunk in _chunks(group, self.batch_size):
-        batch = self._batch(chunk, bucket, targets, starts or {})
-        res = jax.device_get(self.cloak_fn(shard_batch(batch, self.mesh)))
-        for i, f in enumerate(chunk):
-          f.cloaked_patch = np.asarray(res.cloaked[i])
-          f.stats = {"dssim_float": float(res.dssim[i]), "steps": int(res.steps[i]),
-                     "worst_block_float": float(res.worst_block[i]),
-                     "start_distance": float(res.start_distance[i]),
-                     "final_distance": float(res.final_distance[i]),
-                     "self_distance": float(res.self_distance[i]),
-                     "objective": float(res.objective[i]),
-                     **self._member_stats(res, i)}
-          f.status = "cloaked" if bool(res.found[i]) else "not_improved"
+    for bucket, chunk in _canvas_chunks(todo, lambda f: f.region, self.batch_size):
+      batch = self._batch(chunk, bucket, targets, starts or {})
+      res = jax.device_get(self.cloak_fn(shard_batch(batch, self.mesh)))
+      for i, f in enumerate(chunk):
+        side = f.region.bucket
+        f.cloaked_patch = np.asarray(res.cloaked[i, :side, :side])
+        f.stats = {"dssim_float": float(res.dssim[i]), "steps": int(res.steps[i]),
+                   "worst_block_float": float(res.worst_block[i]),
+                   "start_distance": float(res.start_distance[i]),
+                   "final_distance": float(res.final_distance[i]),
+                   "self_distance": float(res.self_distance[i]),
+                   "objective": float(res.objective[i]),
+                   **self._member_stats(res, i)}
+        f.status = "cloaked" if bool(res.found[i]) else "not_improved"
 
   def _member_stats(self, res, i: int) -> dict:
     """Per member, on the float patch: its distance to the target (from the original when
@@ -246,9 +245,12 @@ class Cloaker(FaceFinder):
     n, b = len(chunk), self.compiled_size(len(chunk))
     patches, affines = _stack_regions([f.region for f in chunk], b, bucket, len(self.extractors))
     masks = np.zeros((b, bucket, bucket), np.float32)
+    blocks = np.full((b,), losses.block_size(bucket), np.int32)
     tgt = [np.zeros((b, e.embedding_dim), np.float32) for e in self.extractors]
     for i, f in enumerate(chunk):
-      masks[i] = f.region.mask
+      side = f.region.bucket
+      masks[i, :side, :side] = f.region.mask
+      blocks[i] = losses.block_size(side)
       t = targets.get(id(f))
       for k, e in enumerate(self.extractors):
         if t is not None:
@@ -259,12 +261,12 @@ class Cloaker(FaceFinder):
     start = patches.copy()
     for i, f in enumerate(chunk):
       if id(f) in starts:
-        start[i] = starts[id(f)]
+        start[i, :f.region.bucket, :f.region.bucket] = starts[id(f)]
     local = None
     if self.config.local_budget is not None:
       local = np.full((b,), self.config.local_budget * self.config.budget_margin, np.float32)
     return Batch(patches, masks, tuple(affines), tuple(tgt), budgets, active, start,
-                 self._jpeg_batch(chunk, b), local)
+                 self._jpeg_batch(chunk, b), local, blocks=blocks)
 
   def _jpeg_batch(self, chunk, b) -> jpeg_lib.JpegSpec | None:
     if not self.config.jpeg_aware:
@@ -399,6 +401,20 @@ def _group_by_bucket(things, key=lambda r: r):
   return sorted(groups.items())
 
 
+def _canvas_chunks(things, key, n):
+  """(canvas side, chunk of at most n) over things grouped by bucket, smallest first. A
+  bucket's last partial chunk is carried up into the next bucket's canvas (padded
+  there), so a small job of mixed sizes runs as one or two programs, not one per
+  bucket; each face keeps its own mask and visibility tiles (`Batch.blocks`)."""
+  groups = _group_by_bucket(things, key)
+  carry: list = []
+  for k, (bucket, group) in enumerate(groups):
+    group = carry + group
+    whole = len(group) if k == len(groups) - 1 else len(group) - len(group) % n
+    yield from ((bucket, chunk) for chunk in _chunks(group[:whole], n))
+    carry = group[whole:]
+
+
 def _chunks(seq, n):
   for i in range(0, len(seq), n):
     yield seq[i:i + n]
@@ -415,7 +431,7 @@ def _stack_regions(regions, batch, bucket, n_ext):
   patches = np.zeros((batch, bucket, bucket, 3), np.float32)
   affines = [np.tile(np.eye(2, 3, dtype=np.float32), (batch, 1, 1)) for _ in range(n_ext)]
   for i, r in enumerate(regions):
-    patches[i] = r.patch
+    patches[i, :r.bucket, :r.bucket] = r.patch
     for k in range(n_ext):
       affines[k][i] = r.affines[k]
   return patches, affines

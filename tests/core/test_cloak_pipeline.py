@@ -248,3 +248,25 @@ def test_the_written_file_is_judged_by_the_loops_objective(untargeted, faces_dir
   as_loop = dataclasses.replace(face.region, patch=face.cloaked_patch)
   judged = untargeted.objective_on([as_loop], [face], {})[0]
   assert judged == pytest.approx(face.stats["objective"], rel=1e-3)
+
+
+def test_a_face_carried_into_a_larger_canvas_gets_the_same_cloak(untargeted, faces_dir):
+  """A bucket's last partial chunk runs padded into the next bucket's canvas (one program
+  for a small job of mixed sizes); its mask and visibility tiles stay its own."""
+  from jaxcloak.pipeline import stages
+  from jaxcloak.pipeline.records import Item
+  full = _face_photo(faces_dir)
+  small = io.BytesIO()
+  img = Image.open(io.BytesIO(full))
+  img.resize((img.width * 3 // 5, img.height * 3 // 5), Image.LANCZOS).save(small, "JPEG",
+                                                                             quality=95)
+  items = [Item(n, d, "u") for n, d in (("small.jpg", small.getvalue()), ("full.jpg", full))]
+  stages.detect(untargeted, stages.decode(untargeted, items))
+  small_face, full_face = (it.main_face() for it in items)
+  assert small_face.region.bucket < full_face.region.bucket
+  untargeted.optimise([small_face], {})
+  alone = small_face.cloaked_patch
+  small_face.status = "pending"
+  untargeted.optimise([small_face, full_face], {})  # one chunk, in full_face's canvas
+  assert small_face.cloaked_patch.shape == alone.shape
+  assert np.abs(small_face.cloaked_patch - alone).max() < 0.5 / 255

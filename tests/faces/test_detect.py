@@ -104,11 +104,15 @@ def test_maps_back_to_photo_pixels(detector, photos):
     np.testing.assert_array_equal(ours.scores, ref.scores)
 
 
-def test_one_compile_per_bucket(detector, photos):
-  detector(photos[:1])
+def test_one_compile_per_bucket_and_row_count(detector, photos):
+  """A chunk runs at the smallest power of two of rows that holds it (issue 23): a
+  compile per (bucket, row count), never per call."""
+  detector(photos[:3])  # 4 rows
+  detector(photos[3:8] + photos[:6])  # 11 photos: a full batch of 8, then 3 in 4 rows
   before = detector._forward._cache_size()
-  detector(photos[:3])
-  detector(photos[3:8] + photos[:6])  # 11 photos: a full batch plus a padded one
+  detector(photos[5:8])
+  detector(photos[:4])
+  detector(photos[3:8] + photos[:6])
   assert detector._forward._cache_size() == before
 
 
