@@ -79,10 +79,21 @@ def test_targeted_one_target_per_user(cloaker, photos, tmp_path, pool_dir):
   for d in sorted(pool_dir.iterdir())[:6]:
     if d.is_dir():
       (pool / d.name).symlink_to(d)
-  feats = pool_features(cloaker, pool, cache_dir=tmp_path / "cache", log=lambda s: None)
-  assert len(feats.names) == 6
-  again = pool_features(cloaker, pool, cache_dir=tmp_path / "cache", log=lambda s: None)
-  assert again.names == feats.names  # from the cache
+  said = []
+  feats = pool_features(cloaker, pool, cache_dir=tmp_path / "cache", log=said.append)
+  assert len(feats.names) == 6 and [m.split(":")[1].split()[0] for m in said] == [
+      "detecting", "detected", "features"]
+  assert all(0 < len(f) <= 4 for f in feats.features["dlib"])  # a few photos per identity
+  said.clear()
+  again = pool_features(cloaker, pool, cache_dir=tmp_path / "cache", log=said.append)
+  assert again.names == feats.names and not said  # from the cache
+  for e in feats.features:
+    for a, b in zip(again.features[e], feats.features[e]):
+      np.testing.assert_array_equal(a, b)
+  # A model new to the pool costs its features only: the detections are cached apart.
+  next((tmp_path / "cache").glob("*.dlib.npz")).unlink()
+  pool_features(cloaker, pool, cache_dir=tmp_path / "cache", log=said.append)
+  assert len(said) == 1 and "features" in said[0]
   out = tmp_path / "out_t"
   summary = cloak_photos(cloaker, collect_photos([photos]), out, pool=feats, progress=False)
   records = [json.loads(l) for l in (out / "report.jsonl").read_text().splitlines()]
