@@ -44,7 +44,7 @@ from typing import Callable
 import ray
 
 from jaxcloak import compile_cache as compile_cache_lib
-from jaxcloak import weights
+from jaxcloak import persons, weights
 from jaxcloak.faces import io as photo_io
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.destination import Destination
@@ -121,6 +121,11 @@ class CloakStage(_Stage):
     self.engine = Cloaker(config, detect_side=options.detect_side, **engine_kwargs)
     self.options, self.dst = options, Destination(dst)
     self.pool = None
+    # scope="person": people known to this actor, saved in DST/.jaxcloak/persons. Actors
+    # do not share it: two that meet a new person at once each make a cloak, and the
+    # file keeps the last one saved (photos already written keep theirs).
+    self.book = persons.Book(config, self.engine.extractors, read=self.dst.read_meta,
+                             write=self.dst.write_meta) if config.scope == "person" else None
 
   def load_pool(self, pool_dir: str):
     from jaxcloak.pipeline.pool import pool_features
@@ -137,7 +142,7 @@ class CloakStage(_Stage):
     chosen = {}
     try:
       for results, new in stages.process(self.engine, todo, targets=targets, pool=self.pool,
-                                         max_faces=self.options.max_faces):
+                                         max_faces=self.options.max_faces, book=self.book):
         chosen.update(new)
         for rec, data in results:
           if data is not None:
