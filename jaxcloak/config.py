@@ -186,7 +186,9 @@ class CloakConfig:
 # on the 2026-12-07 frontier (BUILD.md; 10 users x 8 photos) it beat per-pixel
 # noise at mid's point on white-box PSR (0.33 vs 0.22) and on what people see
 # (median face SSIMULACRA2 81.9 vs 77.9, worst 76.4 vs 63.2), held-out PSR
-# equal (0.01). `high` and `paper` are not measured that way yet.
+# equal (0.01). `high` and `paper` are not measured that way yet. One cloak per
+# person (scope="person") measured below the per-photo `mid` on the same frontier
+# (white-box PSR 0.06 vs 0.33, SSIMULACRA2 79.9 vs 81.9), so no preset uses it.
 VISIBILITY_BOUND = 0.03
 PRESETS: dict[str, dict] = {
     "low": dict(budget=0.004, steps=40, local_budget=VISIBILITY_BOUND),
