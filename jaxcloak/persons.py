@@ -18,11 +18,13 @@ import dataclasses
 import hashlib
 import io
 import json
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from jaxcloak.config import CloakConfig
+from jaxcloak.files import atomic_write
 
 FORMAT = "jaxcloak-person-cloaks"
 FORMAT_VERSION = 1
@@ -67,9 +69,6 @@ def program(config: CloakConfig) -> dict:
 
 def folder_book(config: CloakConfig, extractors, folder) -> "Book":
   """A Book kept in a local folder (`cloak`'s OUT/.jaxcloak)."""
-  from pathlib import Path
-
-  from jaxcloak.files import atomic_write
   folder = Path(folder)
 
   def read(name: str) -> bytes | None:
@@ -186,6 +185,5 @@ def parse(config: CloakConfig, data: bytes, where: str) -> list[Person]:
 
 def verify_folder(config: CloakConfig, folder) -> None:
   """Reads every saved file under folder/persons, so a bad one stops a job before it starts."""
-  from pathlib import Path
   for path in sorted((Path(folder) / "persons").glob("*.npz")):
     parse(config, path.read_bytes(), str(path))

@@ -59,25 +59,32 @@ class _Plots:
     self.drawn[self.block][1].append(path)
 
 
+def _psr_lines(plots: _Plots, rows, x_of, xlabel: str, title: str, name: str,
+               order=None) -> None:
+  """PSR (mean +- std over users) against x_of(row), one line per tracker and kind, its
+  points in `order` (default: x)."""
+  fig, ax = plots.subplots(figsize=(6, 4))
+  for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
+    rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind), key=order or x_of)
+    ax.errorbar([x_of(r) for r in rs], [r["psr_mean"] for r in rs],
+                yerr=[r["psr_std"] for r in rs], marker="o", capsize=3, label=f"{tr} {kind}")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("PSR")
+  ax.set_ylim(-0.05, 1.05)
+  ax.legend(fontsize=7)
+  ax.set_title(title)
+  plots.save(fig, name)
+
+
 def _budget(plots: _Plots, records: Sequence[dict]) -> None:
   """PSR against measured DSSIM, one line per tracker (paper Fig. 16)."""
   rows = aggregate(records, "budget")
   quality = {r["config"]: r for r in records if r.get("experiment") == "quality"}
   if not rows or plots.unchanged("budget", rows, quality):
     return
-  fig, ax = plots.subplots(figsize=(6, 4))
-  for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
-    rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
-                key=lambda r: r["budget"])
-    xs = [quality.get(r["config"], {}).get("dssim_mean") or r["budget"] for r in rs]
-    ax.errorbar(xs, [r["psr_mean"] for r in rs], yerr=[r["psr_std"] for r in rs],
-                marker="o", capsize=3, label=f"{tr} {kind}")
-  ax.set_xlabel("mean DSSIM of written cloaked faces")
-  ax.set_ylabel("PSR")
-  ax.set_ylim(-0.05, 1.05)
-  ax.legend(fontsize=7)
-  ax.set_title("PSR vs DSSIM")
-  plots.save(fig, "psr_vs_dssim.png")
+  _psr_lines(plots, rows, lambda r: quality.get(r["config"], {}).get("dssim_mean") or r["budget"],
+             "mean DSSIM of written cloaked faces", "PSR vs DSSIM", "psr_vs_dssim.png",
+             order=lambda r: r["budget"])
 
 
 def _matrix(plots: _Plots, records: Sequence[dict]) -> None:
@@ -175,18 +182,8 @@ def _leakage(plots: _Plots, records: Sequence[dict]) -> None:
   rows = aggregate(records, "leakage")
   if not rows or plots.unchanged("leakage", rows):
     return
-  fig, ax = plots.subplots(figsize=(6, 4))
-  for (tr, kind) in OrderedDict.fromkeys((r["tracker"], r["kind"]) for r in rows):
-    rs = sorted((r for r in rows if r["tracker"] == tr and r["kind"] == kind),
-                key=lambda r: r["leak"])
-    ax.errorbar([r["leak"] for r in rs], [r["psr_mean"] for r in rs],
-                yerr=[r["psr_std"] for r in rs], marker="o", capsize=3, label=f"{tr} {kind}")
-  ax.set_xlabel("share of U's tracker photos leaked uncloaked")
-  ax.set_ylabel("PSR")
-  ax.set_ylim(-0.05, 1.05)
-  ax.legend(fontsize=7)
-  ax.set_title("PSR vs leakage")
-  plots.save(fig, "psr_vs_leakage.png")
+  _psr_lines(plots, rows, lambda r: r["leak"], "share of U's tracker photos leaked uncloaked",
+             "PSR vs leakage", "psr_vs_leakage.png")
 
 
 def _transforms(plots: _Plots, records: Sequence[dict]) -> None:

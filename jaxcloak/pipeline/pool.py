@@ -49,12 +49,11 @@ def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = 
   cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "jaxcloak" / "pools"
   faces = _cached(cache_dir / f"{key}.faces.npz", lambda: _detect(cloaker, flat, names, log))
   paths = {e.name: cache_dir / f"{key}.{e.name}.npz" for e in cloaker.extractors}
-  if not all(p.exists() for p in paths.values()):
-    computed = _embed(cloaker, [p for _, p in flat], faces, log)
-    for name, path in paths.items():
-      if not path.exists():
-        _cached(path, lambda name=name: {"features": computed[name]})
-  feats = {name: _cached(path, dict)["features"] for name, path in paths.items()}
+  # One pass embeds every model (region_features runs them all); only missing caches are written.
+  computed = {} if all(p.exists() for p in paths.values()) else \
+      _embed(cloaker, [p for _, p in flat], faces, log)
+  feats = {name: _cached(path, lambda name=name: {"features": computed[name]})["features"]
+           for name, path in paths.items()}
   owners = faces["owners"]
   return targets_lib.IdentityFeatures(
       names, {e: [f[owners == k] for k in range(len(names))] for e, f in feats.items()})
