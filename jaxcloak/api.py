@@ -6,8 +6,10 @@
     jaxcloak.migrate("archive.zip", "dst/", pool="pool/", preset="mid")
 
 Each takes a preset name and any CloakConfig field as a keyword (or a whole
-`config=`), and returns the same summary dict its command prints. The
-commands are these calls behind their flags, so both keep the same rules: a
+`config=`), and any EngineSettings field (weights_dir, strip_metadata,
+max_pixels, detect_side; or a whole `settings=`), and returns the same summary
+dict its command prints. The commands are these calls behind their flags
+(`settings=` built from them), so both keep the same rules: a
 mistake a person can make raises ValueError (or FileNotFoundError), and no
 call writes into, onto or around what it reads (`jaxcloak.paths`).
 """
@@ -18,8 +20,11 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
-from jaxcloak.config import CloakConfig, preset as make_preset
+from jaxcloak.config import CloakConfig, EngineSettings, preset as make_preset
 from jaxcloak.paths import refuse_overlap
+
+UNTARGETED_NOTE = ("no pool given: using the untargeted objective (push features away from the "
+                   "photo's own); give a target pool (--pool DIR) for the paper's targeted cloak")
 
 
 def default_mode(pool) -> str:
@@ -27,13 +32,38 @@ def default_mode(pool) -> str:
   return "targeted" if pool is not None else "untargeted"
 
 
-def _config(config: CloakConfig | None, preset: str, fields: dict, *, pool) -> CloakConfig:
+def _config(config: CloakConfig | None, preset: str, fields: dict, *, pool,
+            log: Callable[[str], None]) -> CloakConfig:
+  """The config given, else the preset with the fields; a mode not given follows the pool
+  (the one place that rule is applied: the commands pass their flags here)."""
   if config is not None:
     if fields:
-      raise TypeError("give a config= or preset and fields, not both")
+      raise TypeError(f"give a config= or preset and fields, not both (got {sorted(fields)})")
     return config
-  fields.setdefault("mode", default_mode(pool))
-  return make_preset(preset, **fields)
+  defaulted = fields.get("mode") is None
+  if defaulted:
+    fields["mode"] = default_mode(pool)
+  config = make_preset(preset, **fields)
+  if defaulted and pool is None:  # said once the settings are known good
+    log(UNTARGETED_NOTE)
+  return config
+
+
+def _take(fields: dict, record) -> dict:
+  """Pops the keywords that name a field of the dataclass `record` (None: not given)."""
+  names = {f.name for f in dataclasses.fields(record)}
+  taken = {k: fields.pop(k) for k in list(fields) if k in names}
+  return {k: v for k, v in taken.items() if v is not None}
+
+
+def _settings(settings: EngineSettings | None, fields: dict) -> EngineSettings:
+  """The settings given, else built from the EngineSettings keywords among `fields`."""
+  given = _take(fields, EngineSettings)
+  if settings is None:
+    return EngineSettings(**given)
+  if given:
+    raise TypeError(f"give a settings= or its fields, not both (got {sorted(given)})")
+  return settings
 
 
 def _need_pool(config: CloakConfig, pool) -> None:
@@ -52,10 +82,10 @@ def _quiet(message: str) -> None:
 
 
 def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path | None = None,
-          preset: str = "mid", config: CloakConfig | None = None, user: str | None = None,
-          weights_dir=None, strip_metadata: bool = False, report: str | Path | None = None,
-          check: bool = False, progress: bool = False, log: Callable[[str], None] = _quiet,
-          **fields) -> dict:
+          preset: str = "mid", config: CloakConfig | None = None,
+          settings: EngineSettings | None = None, user: str | None = None,
+          report: str | Path | None = None, check: bool = False, progress: bool = False,
+          log: Callable[[str], None] = _quiet, **fields) -> dict:
   """Cloaks photo files and folders into `output` (as `jaxcloak cloak`).
 
   Untargeted unless a target `pool` (a folder of identity folders) is given.
@@ -64,7 +94,8 @@ def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path 
   """
   from jaxcloak.pipeline.cloaker import Cloaker
   from jaxcloak.pipeline.local import cloak_photos, collect_photos, pool_features
-  cfg = _config(config, preset, fields, pool=pool)
+  settings = _settings(settings, fields)
+  cfg = _config(config, preset, fields, pool=pool, log=log)
   inputs = [Path(p) for p in photos]
   listed = collect_photos(inputs, user=user)
   if not listed:
@@ -79,7 +110,7 @@ def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path 
     from jaxcloak import persons
     from jaxcloak.pipeline.destination import META_DIR
     persons.verify_folder(cfg, out / META_DIR)
-  cloaker = Cloaker(cfg, weights_dir=weights_dir, strip_metadata=strip_metadata)
+  cloaker = Cloaker(cfg, settings)
   feats = pool_features(cloaker, Path(pool), log=log) if cfg.mode == "targeted" else None
   summary = cloak_photos(cloaker, listed, out, pool=feats, report=report, progress=progress,
                          log=log)
@@ -87,7 +118,8 @@ def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path 
   if check:
     from jaxcloak import protection
     result = protection.check_pairs(protection.pair_outputs(listed, out), out / "check",
-                                    cloaked_with=cfg.extractors, weights_dir=weights_dir)
+                                    cloaked_with=cfg.extractors,
+                                    weights_dir=settings.weights_dir)
     summary["check"] = {k: result[k] for k in ("models", "statuses", "sheets", "out")}
     log(protection.table(result))
   return summary
@@ -102,45 +134,38 @@ def check(originals: str | Path, cloaked: str | Path, output: str | Path | None 
 
 
 def migrate(src: str | Path, dst: str | Path, *, pool: str | Path | None = None,
-            preset: str = "mid", config: CloakConfig | None = None, weights_dir=None,
-            strip_metadata: bool = False, max_pixels: int | None = None,
-            ray: str | None = None, ray_cloak_actors: int | None = None,
-            compile_cache: str | None = None, check: bool = False, progress: bool = False,
-            log: Callable[[str], None] = _quiet, log_every: float = 30.0, **fields) -> dict:
+            preset: str = "mid", config: CloakConfig | None = None,
+            settings: EngineSettings | None = None, ray: str | None = None,
+            ray_cloak_actors: int | None = None, compile_cache: str | None = None,
+            check: bool = False, progress: bool = False, log: Callable[[str], None] = _quiet,
+            log_every: float = 30.0, **fields) -> dict:
   """Migrates a folder, archive or fsspec URL into `dst`, resumably (as `jaxcloak migrate`).
 
   SRC and DST may be URLs (`s3://...`), passed through as typed. Keywords that
   name a `job.Options` field (user, chunk, chunk_bytes, max_file_bytes,
-  max_faces, detect_side, ...) set how the archive is walked; the rest are
-  CloakConfig fields. `ray` runs it on a Ray cluster ("auto" = this node's).
+  max_faces, ...) set how the archive is walked, those naming an EngineSettings
+  field the engine; the rest are CloakConfig fields. `ray` runs it on a Ray
+  cluster ("auto" = this node's).
   """
-  from jaxcloak.faces import io as photo_io
-  from jaxcloak.pipeline import migrate as migrate_lib
   from jaxcloak.pipeline.job import Options
   from jaxcloak.pipeline.sources import is_url
-  walk = {f.name for f in dataclasses.fields(Options)}
-  options = Options(**{k: fields.pop(k) for k in list(fields) if k in walk})
-  cfg = _config(config, preset, fields, pool=pool)
+  settings = _settings(settings, fields)
+  options = Options(**_take(fields, Options))
+  cfg = _config(config, preset, fields, pool=pool, log=log)
   _need_pool(cfg, pool)
   src, dst = (str(x) if is_url(str(x)) else Path(x) for x in (src, dst))
   pool_dir = None if pool is None else Path(pool)
-  max_pixels = photo_io.MAX_PIXELS if max_pixels is None else max_pixels
+  common = dict(options=options, settings=settings, pool_dir=pool_dir, progress=progress,
+                log=log, log_every=log_every)
   if ray:
     from jaxcloak.pipeline import ray_runner
-    summary = ray_runner.migrate(
-        src, dst, cfg, options=options, address=ray, cloak_actors=ray_cloak_actors,
-        weights_dir=weights_dir, strip_metadata=strip_metadata, max_pixels=max_pixels,
-        pool_dir=pool_dir, compile_cache=compile_cache, progress=progress, log=log,
-        log_every=log_every)
+    summary = ray_runner.migrate(src, dst, cfg, address=ray, cloak_actors=ray_cloak_actors,
+                                 compile_cache=compile_cache, **common)
   else:
-    from jaxcloak.pipeline.cloaker import Cloaker
-    summary = migrate_lib.migrate(
-        src, dst, cfg, options=options, pool_dir=pool_dir, progress=progress, log=log,
-        log_every=log_every,
-        make_cloaker=lambda: Cloaker(cfg, weights_dir=weights_dir, strip_metadata=strip_metadata,
-                                     max_pixels=max_pixels, detect_side=options.detect_side))
+    from jaxcloak.pipeline import migrate as migrate_lib
+    summary = migrate_lib.migrate(src, dst, cfg, **common)
   if check:
-    summary["check"] = _migrate_check(src, dst, cfg, weights_dir, log)
+    summary["check"] = _migrate_check(src, dst, cfg, settings.weights_dir, log)
   return summary
 
 

@@ -81,15 +81,12 @@ def _cloak(args) -> int:
     print("error: give photos or folders to cloak, or --samples", file=sys.stderr)
     return 2
   log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-  if args.mode is None and args.pool is None:
-    log("no --pool given: using the untargeted objective (push features away from the "
-        "photo's own); give --pool DIR for the paper's targeted cloak")
   try:
-    config = flags.config_from_flags(args, mode=args.mode or api.default_mode(args.pool))
-    summary = api.cloak(inputs, args.output, pool=args.pool, config=config, user=args.user,
-                        weights_dir=args.weights_dir, strip_metadata=args.strip_metadata,
+    summary = api.cloak(inputs, args.output, pool=args.pool, preset=args.preset,
+                        settings=flags.settings_from_flags(args), user=args.user,
                         report=args.report, check=args.check, log=log,
-                        progress=not args.quiet and sys.stderr.isatty())
+                        progress=not args.quiet and sys.stderr.isatty(),
+                        **flags.given_fields(args))
   except (ValueError, KeyError, weights.WeightsError) as e:
     return _person_error(e)
   except OSError as e:
@@ -129,12 +126,13 @@ def _check(args) -> int:
 
 def _embed(args) -> int:
   """Embeds photos' main faces with every extractor and prints a similarity matrix."""
-  from jaxcloak.config import CloakConfig
+  from jaxcloak.config import CloakConfig, EngineSettings
   from jaxcloak.pipeline.cloaker import Cloaker, Item
   from jaxcloak.pipeline.local import collect_photos
   photos = collect_photos(list(args.photos) or [SAMPLES_DIR])
   names = args.extractors.split(",")
-  cloaker = Cloaker(CloakConfig(extractors=tuple(names)), weights_dir=args.weights_dir)
+  cloaker = Cloaker(CloakConfig(extractors=tuple(names)),
+                    EngineSettings(weights_dir=args.weights_dir))
   items = [Item(rel, src.read_bytes()) for src, rel, _ in photos]
   for it in items:
     cloaker.decode(it)
@@ -158,7 +156,6 @@ def _path_or_url(text: str) -> Path | str:
 
 
 def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
-  from jaxcloak.faces import io as photo_io
   from jaxcloak.pipeline.job import Options
   p = subparsers.add_parser(
       "migrate", help="cloak a whole archive (folder, .zip or .tar) into DST, resumably",
@@ -172,7 +169,7 @@ def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--pool", type=Path, help="target pool: folder of identity subfolders")
   p.add_argument("--user", help="one user id for all photos (default: top-level folder)")
   flags.add_cloak_flags(p)
-  p.add_argument("--strip-metadata", action="store_true")
+  flags.add_engine_flags(p)
   p.add_argument("--check", action="store_true",
                  help="afterwards, judge every output with every ported recognizer (as `jaxcloak "
                       "check`; report and contact sheets in DST/.jaxcloak/check)")
@@ -180,12 +177,7 @@ def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
   p.add_argument("--chunk-mb", type=int, default=Options.chunk_bytes >> 20)
   p.add_argument("--max-file-mb", type=int, default=Options.max_file_bytes >> 20,
                  help="larger files are copied unchanged without decoding")
-  p.add_argument("--max-pixels", type=int, default=photo_io.MAX_PIXELS,
-                 help="decompression-bomb guard")
   p.add_argument("--max-faces", type=int, default=Options.max_faces)
-  p.add_argument("--detect-side", type=int, help="detector long-side cap (default 640; "
-                 "larger photos are shrunk to it for detection)")
-  p.add_argument("--weights-dir")
   compile_cache.add_flag(p)
   p.add_argument("--ray", metavar="ADDRESS",
                  help="run on a Ray cluster ('auto' = the cluster this node belongs to)")
@@ -200,8 +192,7 @@ def _add_migrate_parser(subparsers) -> argparse.ArgumentParser:
 def _migrate_options(args) -> dict:
   """The `job.Options` fields the flags set."""
   return dict(user=args.user, chunk=args.chunk, chunk_bytes=args.chunk_mb << 20,
-              max_file_bytes=args.max_file_mb << 20, max_faces=args.max_faces,
-              detect_side=args.detect_side)
+              max_file_bytes=args.max_file_mb << 20, max_faces=args.max_faces)
 
 
 def _migrate(args) -> int:
@@ -210,17 +201,14 @@ def _migrate(args) -> int:
   from jaxcloak.pipeline.job import JOB_ERRORS
   from jaxcloak.pipeline.outputs import DISK_ERRNOS
   log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-  if args.mode is None and args.pool is None:
-    log("no --pool given: using the untargeted objective")
   try:
-    config = flags.config_from_flags(args, mode=args.mode or api.default_mode(args.pool))
     summary = api.migrate(
-        args.src, args.dst, pool=args.pool, config=config, weights_dir=args.weights_dir,
-        strip_metadata=args.strip_metadata, max_pixels=args.max_pixels, ray=args.ray,
+        args.src, args.dst, pool=args.pool, preset=args.preset,
+        settings=flags.settings_from_flags(args), ray=args.ray,
         ray_cloak_actors=args.ray_cloak_actors,
         compile_cache=args.compile_cache and str(args.compile_cache), check=args.check,
         progress=False if args.quiet else None, log=log, log_every=args.log_every,
-        **_migrate_options(args))
+        **_migrate_options(args), **flags.given_fields(args))
   except (*JOB_ERRORS, ValueError, KeyError, weights.WeightsError) as e:
     return _person_error(e)
   except OSError as e:
@@ -281,12 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
   c.add_argument("--pool", help="target pool: folder of identity subfolders")
   c.add_argument("--user", help="user id for all photos (default: each photo's folder)")
   flags.add_cloak_flags(c)
-  c.add_argument("--strip-metadata", action="store_true", help="drop EXIF and ICC")
+  flags.add_engine_flags(c)
   c.add_argument("--check", action="store_true",
                  help="afterwards, judge every output with every ported recognizer (as `jaxcloak "
                       "check`; report and contact sheets in OUT/check)")
   c.add_argument("--report", help="JSONL report path (default OUT/report.jsonl)")
-  c.add_argument("--weights-dir")
   compile_cache.add_flag(c)
   c.add_argument("--quiet", action="store_true")
 

@@ -1,5 +1,7 @@
 """The cloak job's settings: one frozen dataclass and its named presets.
 
+`EngineSettings`, beside it, holds what the engine needs apart from the cloak
+(where weights live, what a written file keeps, which photos and faces are read).
 The CLI maps flags one-to-one onto these fields; the library never reads flags
 or environment variables.
 """
@@ -168,10 +170,49 @@ class CloakConfig:
                        f"{self.target_choice!r}")
     if self.stop_fraction is not None and not 0.0 < self.stop_fraction < 1.0:
       raise ValueError("stop_fraction must be in (0, 1)")
+    if self.batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+    if self.max_region < 32:
+      raise ValueError(f"max_region must be >= 32 (pixels), got {self.max_region}")
+    if self.learning_rate <= 0:
+      raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+    if self.penalty_init < 0:
+      raise ValueError(f"penalty_init must be >= 0, got {self.penalty_init}")
 
   @property
   def weights(self) -> tuple[float, ...]:
     return self.extractor_weights or tuple(1.0 for _ in self.extractors)
+
+
+# Decompression-bomb guard: photos above this many pixels are refused undecoded.
+MAX_PIXELS = 120_000_000
+MIN_DETECT_SIDE = 32  # the detector pads its frames to multiples of 32 (faces/detect.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+  """What the engine needs besides the cloak: where weights are, what a written file
+  keeps, which photos and faces are read.
+
+  Every entry point (CLI, Python API, Ray actors) builds one and hands it on
+  whole, so a setting means the same thing in each; the defaults live here only.
+  """
+  weights_dir: str | None = None  # folder of converted weights (none: `weights fetch`'s folder)
+  strip_metadata: bool = False  # drop EXIF and ICC from the outputs
+  # Decompression-bomb guard: a photo with more pixels is not decoded (copied unchanged).
+  max_pixels: int = MAX_PIXELS
+  # Detector long side: photos are shrunk (or enlarged) to it for detection (none: the
+  # detector's, 640). A migration records it, as it changes which faces are found.
+  detect_side: int | None = None
+
+  def __post_init__(self):
+    if self.weights_dir is not None:  # a str, so that a Path and its text compare equal
+      object.__setattr__(self, "weights_dir", str(self.weights_dir))
+    if self.max_pixels < 1:
+      raise ValueError(f"max_pixels must be >= 1, got {self.max_pixels}")
+    if self.detect_side is not None and self.detect_side < MIN_DETECT_SIDE:
+      raise ValueError(f"detect_side must be >= {MIN_DETECT_SIDE} (pixels), got "
+                       f"{self.detect_side}; leave it out for the detector's default")
 
 
 # Fawkes 1.0's budgets and step counts (low/mid/high) and the paper's DSSIM

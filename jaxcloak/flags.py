@@ -1,10 +1,12 @@
-"""CloakConfig's fields as command-line flags, generated, for every subcommand.
+"""CloakConfig's and EngineSettings' fields as command-line flags, generated, for every
+subcommand.
 
 `cloak` and `migrate` get one flag per field (`--local-budget`, `--view-kinds`,
-`--no-jpeg-aware`), typed from the field's annotation and helped by its comment
-in config.py, so a new field reaches every command by itself; `eval` takes the
-same fields as `--cloak FIELD=VALUE` (config.parse_field). Flags default to
-None, so only what a person typed overrides the preset.
+`--no-jpeg-aware`, `--max-pixels`), typed from the field's annotation and helped
+by its comment in config.py, so a new field reaches every command by itself;
+`eval` takes the cloak's fields as `--cloak FIELD=VALUE` (config.parse_field).
+Flags default to None, so only what a person typed overrides the preset (or the
+settings' defaults).
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import types
 import typing
 
 from jaxcloak import config as config_lib
-from jaxcloak.config import CloakConfig
+from jaxcloak.config import CloakConfig, EngineSettings
 
 NONE_WORDS = ("none", "off")  # how a person clears an optional field, e.g. --local-budget off
 _CLEARED = object()  # a flag given as 'off' (None itself means "not given")
 
 
-def _comments() -> dict[str, str]:
+def _comments(record: type) -> dict[str, str]:
   """Field name -> its comment in config.py: the one on its line, else the block above it."""
-  source = inspect.getsource(CloakConfig)
+  source = inspect.getsource(record)
   lines = source.splitlines()
   trailing: dict[int, str] = {}
   for tok in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -75,14 +77,16 @@ def _list(kind):
 
 
 @functools.cache
-def _specs() -> tuple[tuple[str, str, dict], ...]:
-  """(field, flag, argparse keywords) per CloakConfig field."""
-  hints = typing.get_type_hints(CloakConfig, vars(config_lib))
-  comments = _comments()
-  preset_fields = {k for values in config_lib.PRESETS.values() for k in values}
+def _specs(record: type = CloakConfig) -> tuple[tuple[str, str, dict], ...]:
+  """(field, flag, argparse keywords) per field of `record` (CloakConfig, EngineSettings)."""
+  hints = typing.get_type_hints(record, vars(config_lib))
+  comments = _comments(record)
+  preset_fields = {k for values in config_lib.PRESETS.values() for k in values} \
+      if record is CloakConfig else set()
   specs = []
-  for f in dataclasses.fields(CloakConfig):
+  for f in dataclasses.fields(record):
     hint, allow_none = _optional(hints[f.name])
+    allow_none &= record is CloakConfig  # a preset may set it; a settings' None is its default
     help_ = comments.get(f.name, "")
     default = f.default
     flag = "--" + f.name.replace("_", "-")
@@ -124,12 +128,29 @@ def add_cloak_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument(flag, **kw)
 
 
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+  """One flag per EngineSettings field, in an argument group."""
+  g = parser.add_argument_group("engine settings")
+  for _, flag, kw in _specs(EngineSettings):
+    g.add_argument(flag, **kw)
+
+
+def given_fields(args: argparse.Namespace, record: type = CloakConfig) -> dict:
+  """The fields of `record` whose flag a person gave ('off' as None)."""
+  given = {name: getattr(args, name) for name, _, _ in _specs(record)
+           if getattr(args, name, None) is not None}
+  return {k: None if v is _CLEARED else v for k, v in given.items()}
+
+
 def config_from_flags(args: argparse.Namespace, **overrides) -> CloakConfig:
   """The preset with every flag a person gave (then `overrides`) applied."""
-  given = {name: getattr(args, name) for name, _, _ in _specs()
-           if getattr(args, name, None) is not None}
-  given = {k: None if v is _CLEARED else v for k, v in given.items()}
-  return config_lib.preset(args.preset, **{**given, **overrides})
+  return config_lib.preset(args.preset, **{**given_fields(args), **overrides})
+
+
+def settings_from_flags(args: argparse.Namespace) -> EngineSettings:
+  """The engine settings with every flag a person gave; the rest are the defaults."""
+  return EngineSettings(**{k: v for k, v in given_fields(args, EngineSettings).items()
+                           if v is not None})
 
 
 def flag_names() -> list[str]:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from jaxcloak import models
-from jaxcloak.config import CloakConfig
+from jaxcloak.config import CloakConfig, EngineSettings
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.faces import sheet
 from jaxcloak.files import atomic_write
@@ -134,7 +134,8 @@ def check_pairs(pairs: Sequence[Pair], out_dir: Path, *,
     raise CheckError(f"unknown extractors: {', '.join(unknown)} "
                      f"(known: {', '.join(models.EXTRACTORS)})")
   members = tuple(cloaked_with)
-  judge = Cloaker(CloakConfig(extractors=tuple(extractors)), weights_dir=weights_dir)
+  judge = Cloaker(CloakConfig(extractors=tuple(extractors)),
+                  EngineSettings(weights_dir=weights_dir))
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   records, rows = [], []

@@ -87,3 +87,39 @@ def test_full_disk_during_migrate_is_one_error_line(tmp_path, tiny_disk, faces_d
   assert code == 2
   assert err[-1].startswith("error: ") and "No space left" in err[-1] and "rerun" in err[-1]
   assert {p: p.read_bytes() for p in src.rglob("*.jpg")} == before  # originals untouched
+
+
+ENGINE_BAD = [(["--batch-size", "0"], "batch_size must be >= 1"),
+              (["--batch-size", "-3"], "batch_size must be >= 1"),
+              (["--max-region", "0"], "max_region must be >= 32"),
+              (["--learning-rate", "0"], "learning_rate must be > 0"),
+              (["--max-pixels", "0"], "max_pixels must be >= 1"),
+              (["--detect-side", "0"], "detect_side must be >= 32"),
+              (["--detect-side", "-640"], "detect_side must be >= 32")]
+WALK_BAD = [(["--chunk", "0"], "chunk must be >= 1"),
+            (["--chunk-mb", "0"], "chunk_bytes must be >= 1"),
+            (["--max-file-mb", "-1"], "max_file_bytes must be >= 1"),
+            (["--max-faces", "0"], "max_faces must be >= 1")]
+
+
+@pytest.mark.parametrize("command, flags, says", [("cloak", f, s) for f, s in ENGINE_BAD]
+                         + [("migrate", f, s) for f, s in ENGINE_BAD + WALK_BAD])
+def test_bad_engine_values_are_one_error_line(tmp_path, capsys, command, flags, says):
+  """A setting the engine cannot run with stops the command before it reads or writes."""
+  (tmp_path / "src").mkdir()
+  where = (["--samples", "-o", str(tmp_path / "out")] if command == "cloak"
+           else [str(tmp_path / "src"), str(tmp_path / "out")])
+  assert main([command, *where, *flags]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("error: ") and says in err[0], err
+  assert not (tmp_path / "out").exists()
+
+
+def test_batch_size_zero_is_not_a_traceback(tmp_path):
+  """The reported command, as typed: it used to end in ZeroDivisionError."""
+  import subprocess
+  import sys
+  r = subprocess.run([sys.executable, "-m", "jaxcloak", "cloak", "--samples", "--batch-size", "0",
+                      "-o", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+  assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+      "error: batch_size must be >= 1, got 0"], r.stderr

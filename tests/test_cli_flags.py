@@ -1,15 +1,17 @@
 """Cloak settings on the command line: one generated flag per CloakConfig field,
-the same for `cloak` and `migrate`, and typed as the field is."""
+the same for `cloak` and `migrate`, and typed as the field is; the engine's
+settings (EngineSettings) built the same from flags as from API keywords."""
 
 import dataclasses
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jaxcloak import cli, flags
-from jaxcloak.config import CloakConfig, PRESETS
+from jaxcloak.config import CloakConfig, EngineSettings, PRESETS
 
 
 def _help(command: str) -> str:
@@ -107,3 +109,81 @@ def test_compiled_programs_land_in_the_persistent_cache(tmp_path):
                      timeout=120)
   assert r.returncode == 0, r.stderr
   assert [p for p in folder.rglob("*") if p.is_file()], "nothing was written to the cache"
+
+
+def _captured(monkeypatch, module, name: str) -> list:
+  """Replaces module.name (a driver) by one that records (config, keywords) and does nothing."""
+  calls = []
+  monkeypatch.setattr(module, name, lambda *a, **kw: calls.append((a[2], kw)) or {})
+  return calls
+
+
+def _records(call) -> tuple:
+  """What a migrate driver was given that a flag or keyword decides (not log or progress)."""
+  config, kw = call
+  return config, kw["options"], kw["settings"], kw["pool_dir"]
+
+
+@pytest.mark.parametrize("argv, keywords", [
+    ([], {}),
+    (["--max-pixels", "5000000", "--detect-side", "320", "--strip-metadata", "--weights-dir",
+      "{tmp}/w", "--steps", "3", "--chunk", "4", "--max-faces", "2", "--user", "u",
+      "--pool", "{tmp}/pool"],
+     dict(max_pixels=5_000_000, detect_side=320, strip_metadata=True, weights_dir="{tmp}/w",
+          steps=3, chunk=4, max_faces=2, user="u", pool="{tmp}/pool")),
+])
+@pytest.mark.parametrize("ray", [False, True])
+def test_api_and_cli_migrate_build_the_same_settings(tmp_path, monkeypatch, argv, keywords, ray):
+  """`jaxcloak migrate` and `jaxcloak.migrate` hand their driver the same records
+  (CloakConfig, job.Options, EngineSettings) for the same inputs, in process or on Ray."""
+  import jaxcloak
+  if ray:
+    pytest.importorskip("ray")
+    from jaxcloak.pipeline import ray_runner as driver
+  else:
+    from jaxcloak.pipeline import migrate as driver
+  calls = _captured(monkeypatch, driver, "migrate")
+  (tmp_path / "src").mkdir()
+  (tmp_path / "pool").mkdir()
+  argv = [a.replace("{tmp}", str(tmp_path)) for a in argv] + (["--ray", "auto"] if ray else [])
+  keywords = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v
+              for k, v in keywords.items()}
+  if "weights_dir" in keywords:
+    keywords["weights_dir"] = Path(keywords["weights_dir"])  # a Path or its text: the same
+  src, dst = str(tmp_path / "src"), str(tmp_path / "dst")
+  assert cli.main(["migrate", src, dst, "--quiet", *argv]) == 0
+  jaxcloak.migrate(src, dst, ray="auto" if ray else None, **keywords)
+  assert len(calls) == 2
+  assert _records(calls[0]) == _records(calls[1])
+  config, options, settings, _ = _records(calls[0])
+  assert config.mode == ("targeted" if "pool" in keywords else "untargeted")
+  if keywords:
+    assert settings == EngineSettings(max_pixels=5_000_000, detect_side=320,
+                                      strip_metadata=True, weights_dir=str(tmp_path / "w"))
+    assert (options.chunk, options.max_faces, options.user, config.steps) == (4, 2, "u", 3)
+  else:
+    assert settings == EngineSettings()
+
+
+def test_api_and_cli_cloak_build_the_same_engine(tmp_path, monkeypatch, capsys):
+  """`jaxcloak cloak` and `jaxcloak.cloak` build the same engine; the mode a person left
+  out follows the pool in one place, which says so once."""
+  import jaxcloak
+  from jaxcloak.pipeline import cloaker, local
+  engines = []
+  monkeypatch.setattr(cloaker, "Cloaker", lambda config, settings: engines.append(
+      (config, settings)))
+  monkeypatch.setattr(local, "cloak_photos", lambda *a, **kw: {})
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "a.jpg").write_bytes(b"not decoded here")
+  argv = ["--max-pixels", "1000", "--strip-metadata", "--views", "2"]
+  assert cli.main(["cloak", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *argv]) == 0
+  assert capsys.readouterr().err.count("no pool given: using the untargeted objective") == 1
+  jaxcloak.cloak([tmp_path / "in"], tmp_path / "out", max_pixels=1000, strip_metadata=True,
+                 views=2)
+  assert engines[0] == engines[1]
+  assert engines[0][1] == EngineSettings(max_pixels=1000, strip_metadata=True)
+  assert engines[0][0].mode == "untargeted" and engines[0][0].views == 2
+  with pytest.raises(TypeError, match="not both"):
+    jaxcloak.cloak([tmp_path / "in"], tmp_path / "out", settings=EngineSettings(),
+                   max_pixels=1000)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxcloak import targets as targets_lib
-from jaxcloak.config import CloakConfig
+from jaxcloak.config import CloakConfig, EngineSettings
 from jaxcloak.eval.dataset import Sample, detect_samples
 from jaxcloak.eval.metrics import psnr
 from jaxcloak.faces import io as photo_io
@@ -106,7 +106,7 @@ class CloakRunner:
     differs only in data (budget, steps, seed, ...)."""
     key = program_config(config)
     if key not in self._cloakers:
-      self._cloakers[key] = Cloaker(config, weights_dir=self.weights_dir)
+      self._cloakers[key] = Cloaker(config, EngineSettings(weights_dir=self.weights_dir))
     return self._cloakers[key].reconfigured(config)
 
   def cloak_user(self, config: CloakConfig, user: str, photos: Sequence[Sample]) -> list[Cloaked]:

@@ -16,14 +16,14 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from jaxcloak.config import MAX_PIXELS  # decompression-bomb guard (an EngineSettings default)
+
 try:  # HEIC/HEIF (most phone cameras); Pillow itself reads and writes AVIF
   import pillow_heif
   pillow_heif.register_heif_opener()
 except ImportError:  # then HEIC stays `unsupported_format`, with a message saying why
   pillow_heif = None
 
-# Decompression-bomb guard: photos above this many pixels are refused.
-MAX_PIXELS = 120_000_000
 # Decoded format -> the format its cloaked copy is written in; the one place this rule
 # lives (encode, the cloaker's JPEG-aware loss and the status rules all read it). An MPO
 # (many cameras: a JPEG plus preview frames) is written as a baseline JPEG of its first

@@ -21,7 +21,7 @@ import numpy as np
 from jaxcloak import jpeg as jpeg_lib
 from jaxcloak import losses
 from jaxcloak import models
-from jaxcloak.config import CloakConfig
+from jaxcloak.config import CloakConfig, EngineSettings
 from jaxcloak.objective import Objective, member_sq_distances
 from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import quality
@@ -41,16 +41,15 @@ class FaceFinder:
   """Decodes photos and finds their faces: the part of the engine that needs no recognizer
   (a Ray detect worker holds only this)."""
 
-  def __init__(self, config: CloakConfig, *, weights_dir=None,
-               max_pixels: int = photo_io.MAX_PIXELS, detect_side: int | None = None):
-    self.config = config
-    self.detector = Detector(weights_dir=weights_dir, upscale=config.detect_upscale,
-                             max_side=detect_side or MAX_SIDE)
-    self.max_pixels = max_pixels
+  def __init__(self, config: CloakConfig, settings: EngineSettings = EngineSettings()):
+    self.config, self.settings = config, settings
+    self.detector = Detector(weights_dir=settings.weights_dir, upscale=config.detect_upscale,
+                             max_side=settings.detect_side or MAX_SIDE)
 
   def decode(self, item: Item) -> None:
     try:
-      item.photo = photo_io.decode(item.data, name=item.name, max_pixels=self.max_pixels)
+      item.photo = photo_io.decode(item.data, name=item.name,
+                                   max_pixels=self.settings.max_pixels)
     except photo_io.PhotoError as e:
       item.status, item.message = e.status, str(e)
 
@@ -68,12 +67,11 @@ class FaceFinder:
 class Cloaker(FaceFinder):
   """Loads models once, compiles once per bucket, cloaks batches of photos."""
 
-  def __init__(self, config: CloakConfig, *, weights_dir=None, devices=None,
-               strip_metadata: bool = False, max_pixels: int = photo_io.MAX_PIXELS,
-               detect_side: int | None = None):
-    self.extractors = [models.load(n, weights_dir) for n in config.extractors]  # named first
-    super().__init__(config, weights_dir=weights_dir, max_pixels=max_pixels,
-                     detect_side=detect_side)
+  def __init__(self, config: CloakConfig, settings: EngineSettings = EngineSettings(), *,
+               devices=None):
+    self.extractors = [models.load(n, settings.weights_dir)
+                       for n in config.extractors]  # named first
+    super().__init__(config, settings)
     self.cloak_fn = make_cloak_fn(self.extractors, config)
     self.objective = Objective.of(config, self.extractors)
     self.apply_fn = make_apply_fn(config)
@@ -83,7 +81,6 @@ class Cloaker(FaceFinder):
     self.n_devices = len(devices)
     # Batch size rounded up to a multiple of the device count for even shards.
     self.batch_size = -(-config.batch_size // self.n_devices) * self.n_devices
-    self.strip_metadata = strip_metadata
 
   def reconfigured(self, config: CloakConfig) -> "Cloaker":
     """This engine under another config that compiles to the same programs (one differing
@@ -358,9 +355,9 @@ class Cloaker(FaceFinder):
       if self.config.max_pixel_change is not None and len(cloaked) > 1:
         # Overlapping regions add their changes: hold the cap on the sum.
         rgb = regions_lib.hold_cap(photo.rgb, rgb, self.config.max_pixel_change)
-      data, fmt = photo_io.encode(photo, rgb, strip_metadata=self.strip_metadata,
+      data, fmt = photo_io.encode(photo, rgb, strip_metadata=self.settings.strip_metadata,
                                   jpeg_quality=self.config.jpeg_quality)
-      written = photo_io.decode(data, name=item.name, max_pixels=self.max_pixels).rgb
+      written = photo_io.decode(data, name=item.name, max_pixels=self.settings.max_pixels).rgb
       over = False
       for f in cloaked:
         f.stats["dssim"] = regions_lib.region_dssim(photo.rgb, written, f.region.box)

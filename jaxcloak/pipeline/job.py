@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from jaxcloak.config import EngineSettings
 from jaxcloak.paths import OverlapError, refuse_overlap
 from jaxcloak.pipeline.destination import META_DIR, Destination
 from jaxcloak.pipeline.manifest import State, sha256_bytes
@@ -40,18 +41,68 @@ class MigrateError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """How the archive is walked and chunked (the cloak itself is a CloakConfig)."""
+  """How the inputs are walked and chunked (the cloak itself is a CloakConfig, the
+  engine's settings an EngineSettings)."""
   user: str | None = None  # one user id for every photo; default: top-level folder
   chunk: int = 32  # photos per chunk
   chunk_bytes: int = 256 << 20  # input bytes per chunk
   chunk_pixels: int = 256_000_000  # decoded pixels per chunk (header estimate)
   max_file_bytes: int = 256 << 20  # larger files are stream-copied, never decoded
   max_faces: int = MAX_FACES  # faces cloaked per photo (largest first); the rest are reported
-  detect_side: int | None = None  # detector long-side cap (None = the detector's default)
 
-  def recorded(self) -> dict:
-    """The options that change outputs, so must match across runs of one job."""
-    return {"user": self.user, "max_faces": self.max_faces, "detect_side": self.detect_side}
+  def __post_init__(self):
+    for name in ("chunk", "chunk_bytes", "chunk_pixels", "max_file_bytes", "max_faces"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def recorded_options(options: Options, settings: EngineSettings) -> dict:
+  """The settings besides the config that change outputs, so must match across runs of
+  one job (kept in state.json under "options")."""
+  return {"user": options.user, "max_faces": options.max_faces,
+          "detect_side": settings.detect_side}
+
+
+@dataclasses.dataclass
+class Tally:
+  """What a run's summary counts: inputs by status, faces, the cloaked faces' DSSIM."""
+  counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  faces: int = 0
+  dssims: list = dataclasses.field(default_factory=list)
+
+  def add(self, status: str, faces: int = 0, dssims: Sequence[float] = ()) -> None:
+    self.counts[status] += 1
+    self.faces += faces
+    self.dssims.extend(dssims)
+
+  def summary(self) -> dict:
+    return {"by_status": dict(sorted(self.counts.items())), "faces": self.faces,
+            "faces_cloaked": len(self.dssims),
+            "mean_dssim": round(float(np.mean(self.dssims)), 6) if self.dssims else None}
+
+
+def chunked(tasks: Iterable[Task], options: Options) -> Iterator[list[Task]]:
+  """Groups tasks in order so a chunk holds at most `chunk` photos, bytes and pixels."""
+  from PIL import Image
+  import io
+  chunk, nbytes, npix = [], 0, 0
+  for t in tasks:
+    pix = 0
+    if t.data is not None:  # unread inputs are bounded by count and bytes only
+      try:
+        with Image.open(io.BytesIO(t.data)) as im:
+          pix = im.size[0] * im.size[1]
+      except Exception:
+        pass
+    if chunk and (len(chunk) >= options.chunk or nbytes + (t.size or 0) > options.chunk_bytes
+                  or npix + pix > options.chunk_pixels):
+      yield chunk
+      chunk, nbytes, npix = [], 0, 0
+    chunk.append(t)
+    nbytes += t.size or 0
+    npix += pix
+  if chunk:
+    yield chunk
 
 
 # Mistakes that stop a job before or while it runs (a person can fix them).
@@ -111,6 +162,7 @@ class Job:
   """Driver-side state of one migration: what is done, what to compute, how to record it."""
 
   def __init__(self, src: Path, dst: Path, config, options: Options = Options(), *,
+               settings: EngineSettings = EngineSettings(),
                log: Callable[[str], None] = print):
     # SRC and DST: local paths, or fsspec URLs whose objects workers read and write.
     self.src = str(src) if is_url(str(src)) else Path(src)
@@ -118,7 +170,7 @@ class Job:
       self.dst = Destination(dst)
     except SourceError as e:
       raise MigrateError(str(e)) from None
-    self.config, self.options, self.log = config, options, log
+    self.config, self.options, self.settings, self.log = config, options, settings, log
     if isinstance(self.src, str):
       fs, root = url_filesystem(self.src)
       if not fs.isdir(root):
@@ -137,7 +189,8 @@ class Job:
     self.dst.prepare()
     self.state = State(lambda: self.dst.read_meta("state.json"),
                        lambda data: self.dst.write_meta("state.json", data))
-    recorded = {"config": _jsonable(dataclasses.asdict(config)), "options": options.recorded()}
+    recorded = {"config": _jsonable(dataclasses.asdict(config)),
+                "options": recorded_options(options, settings)}
     if self.state.data["config"] is None:
       self.state.data.update(recorded, src=str(rs or self.src))
       self.state.save()
@@ -156,10 +209,8 @@ class Job:
                    if r.get("sha256") and r.get("output") and r["status"] not in ("duplicate", "error")}
     self.inflight: dict[str, str] = {}  # sha256 -> rel of a task being computed
     self.deferred: dict[str, list] = {}  # sha256 -> duplicates waiting for it
-    self.counts: collections.Counter = collections.Counter()
+    self.tally = Tally()
     self.skipped = 0
-    self.n_faces = 0
-    self.dssims: list[float] = []
     self.progress: Progress | None = None
     self._clean_partials()
 
@@ -218,14 +269,13 @@ class Job:
     rec.pop("mode", None)  # an output's permission bits are on the file, not in the manifest
     self.manifest.append(rec, sync=sync)
     self.done[rec["input"]] = rec
-    self.counts[rec["status"]] += 1
-    self.n_faces += rec.get("faces") or 0
-    if rec["status"] == "cloaked" and rec.get("dssim_mean") is not None:
-      self.dssims.extend([rec["dssim_mean"]] * rec["face_status"].get("cloaked", 0))
+    cloaked = rec["status"] == "cloaked" and rec.get("dssim_mean") is not None
+    self.tally.add(rec["status"], rec.get("faces") or 0,
+                   [rec["dssim_mean"]] * rec["face_status"].get("cloaked", 0) if cloaked else [])
     if rec.get("message") and rec["status"] not in ("cloaked", "no_face"):
       (self.progress.write if self.progress else self.log)(rec["message"])
     if self.progress:
-      self.progress.update(1, self.counts)
+      self.progress.update(1, self.tally.counts)
 
   def duplicate(self, task: Task, original: dict, data: bytes | None = None) -> None:
     """An input with the same bytes as one already migrated: its output is reused."""
@@ -264,7 +314,7 @@ class Job:
       if self.is_done(entry):
         self.skipped += 1
         if self.progress:
-          self.progress.update(1, self.counts)
+          self.progress.update(1, self.tally.counts)
         continue
       user = self.user_of(entry.rel)
       if entry.status is not None:
@@ -302,28 +352,7 @@ class Job:
         yield t
 
   def chunks(self, tasks: Iterable[Task]) -> Iterator[list[Task]]:
-    """Groups tasks so a chunk holds at most `chunk` photos, bytes and pixels."""
-    from PIL import Image
-    import io
-    opts = self.options
-    chunk, nbytes, npix = [], 0, 0
-    for t in tasks:
-      pix = 0
-      if t.data is not None:  # unread inputs are bounded by count and bytes only
-        try:
-          with Image.open(io.BytesIO(t.data)) as im:
-            pix = im.size[0] * im.size[1]
-        except Exception:
-          pass
-      if chunk and (len(chunk) >= opts.chunk or nbytes + (t.size or 0) > opts.chunk_bytes
-                    or npix + pix > opts.chunk_pixels):
-        yield chunk
-        chunk, nbytes, npix = [], 0, 0
-      chunk.append(t)
-      nbytes += t.size or 0
-      npix += pix
-    if chunk:
-      yield chunk
+    return chunked(tasks, self.options)
 
   def save_targets(self, new: dict) -> None:
     if new:
@@ -351,12 +380,9 @@ class Job:
       self.record(rec, data)
 
   def summary(self, seconds: float) -> dict:
-    computed = sum(self.counts.values())
+    computed = sum(self.tally.counts.values())
     return {"src": str(self.src), "dst": str(self.dst), "inputs": computed + self.skipped,
-            "migrated_now": computed, "already_done": self.skipped,
-            "by_status": dict(sorted(self.counts.items())), "faces": self.n_faces,
-            "faces_cloaked": len(self.dssims),
-            "mean_dssim": round(float(np.mean(self.dssims)), 6) if self.dssims else None,
+            "migrated_now": computed, "already_done": self.skipped, **self.tally.summary(),
             "seconds": round(seconds, 2),
             "photos_per_s": round(computed / seconds, 3) if seconds > 0 else None,
             "manifest": str(self.manifest.path)}

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from jaxcloak.faces.detect import MAX_SIDE
+from jaxcloak.config import EngineSettings
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.job import META_DIR, Job, MigrateError, Options, Progress  # noqa: F401 (re-exported)
 from jaxcloak import persons
@@ -28,29 +28,31 @@ from jaxcloak.pipeline.sources import count_entries
 
 
 def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
+            settings: EngineSettings = EngineSettings(),
             make_cloaker: Callable[[], object] | None = None, pool_dir: Path | None = None,
             pool=None, progress: bool | None = None, log: Callable[[str], None] = print,
             log_every: float = 30.0) -> dict:
   """Migrates SRC into DST in-process; returns the run's summary.
 
   Args:
-    make_cloaker: builds the engine (called only if some photo needs computing; it
-      should honour `options.detect_side`).
+    settings: the engine's (a job records `detect_side`).
+    make_cloaker: builds the engine, with `settings` (called only if some photo
+      needs computing); default `Cloaker(config, settings)`.
     pool_dir: target pool (identity folders), needed in targeted mode.
     pool: or its precomputed `targets.IdentityFeatures`.
     progress: a tqdm bar (True), log lines (False), or by whether stderr is a terminal.
   """
   t0 = time.time()
-  job = Job(src, dst, config, options, log=log)
+  job = Job(src, dst, config, options, settings=settings, log=log)
   tty = sys.stderr.isatty() if progress is None else progress
   job.progress = Progress(count_entries(job.src), tty=tty, log=log, every=log_every)
   cloaker, book = None, None
   for chunk in job.chunks(job.tasks()):
     if cloaker is None:
-      cloaker = make_cloaker() if make_cloaker else _default_cloaker(config, options)
-      if cloaker.detector.max_side != (options.detect_side or MAX_SIDE):
-        raise MigrateError(f"the engine detects at {cloaker.detector.max_side} px but the job "
-                           f"asks for {options.detect_side}; build it with detect_side=")
+      cloaker = make_cloaker() if make_cloaker else _default_cloaker(config, settings)
+      if cloaker.settings != settings:
+        raise MigrateError(f"the engine was built with {cloaker.settings} but the job runs "
+                           f"with {settings}; build it with the job's settings")
       if config.mode == "targeted" and pool is None:
         pool = _pool(cloaker, pool_dir, log)
       if config.scope == "person":  # each person's cloak is kept in DST/.jaxcloak for reruns
@@ -63,9 +65,9 @@ def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
   return job.finish(time.time() - t0)
 
 
-def _default_cloaker(config, options: Options):
+def _default_cloaker(config, settings: EngineSettings):
   from jaxcloak.pipeline.cloaker import Cloaker
-  return Cloaker(config, detect_side=options.detect_side)
+  return Cloaker(config, settings)
 
 
 def _pool(cloaker, pool_dir, log):

@@ -35,6 +35,7 @@ asks for them before the job sizes its actors (cluster/README.md).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -45,7 +46,7 @@ import ray
 
 from jaxcloak import compile_cache as compile_cache_lib
 from jaxcloak import persons, weights
-from jaxcloak.faces import io as photo_io
+from jaxcloak.config import EngineSettings
 from jaxcloak.pipeline import stages
 from jaxcloak.pipeline.destination import Destination
 from jaxcloak.pipeline.job import Job, MigrateError, Options, Progress
@@ -89,15 +90,13 @@ class _Stage:
 class DetectStage(_Stage):
   """Reads, hashes, decodes and finds faces for a chunk of tasks."""
 
-  def __init__(self, config, engine_kwargs: dict, options: Options, dst: str,
+  def __init__(self, config, settings: EngineSettings, options: Options, dst: str,
                compile_cache=None):
     from jaxcloak.pipeline.cloaker import FaceFinder
-    if not self._fetch_weights([DETECTOR], engine_kwargs.get("weights_dir")):
+    if not self._fetch_weights([DETECTOR], settings.weights_dir):
       return
     compile_cache_lib.enable(compile_cache and Path(compile_cache))
-    self.finder = FaceFinder(config, weights_dir=engine_kwargs.get("weights_dir"),
-                             max_pixels=engine_kwargs.get("max_pixels", photo_io.MAX_PIXELS),
-                             detect_side=options.detect_side)
+    self.finder = FaceFinder(config, settings)
     self.options, self.dst = options, Destination(dst)
 
   def __call__(self, tasks: list) -> list:
@@ -112,13 +111,13 @@ class DetectStage(_Stage):
 class CloakStage(_Stage):
   """Regions, targets, the compiled cloak, and the outputs written; returns records."""
 
-  def __init__(self, config, engine_kwargs: dict, options: Options, dst: str,
+  def __init__(self, config, settings: EngineSettings, options: Options, dst: str,
                compile_cache=None):
     from jaxcloak.pipeline.cloaker import Cloaker
-    if not self._fetch_weights([DETECTOR, *config.extractors], engine_kwargs.get("weights_dir")):
+    if not self._fetch_weights([DETECTOR, *config.extractors], settings.weights_dir):
       return
     compile_cache_lib.enable(compile_cache and Path(compile_cache))
-    self.engine = Cloaker(config, detect_side=options.detect_side, **engine_kwargs)
+    self.engine = Cloaker(config, settings)
     self.options, self.dst = options, Destination(dst)
     self.pool = None
     # scope="person": people known to this actor, saved in DST/.jaxcloak/persons. Actors
@@ -200,105 +199,141 @@ def release_gpus() -> None:
 
 
 def migrate(src: Path, dst: Path, config, *, options: Options = Options(),
-            address: str | None = "auto", cloak_actors: int | None = None,
-            detect_actors: int | None = None, weights_dir: str | None = None,
-            strip_metadata: bool = False, max_pixels: int | None = None,
+            settings: EngineSettings = EngineSettings(), address: str | None = "auto",
+            cloak_actors: int | None = None, detect_actors: int | None = None,
             pool_dir: Path | None = None, compile_cache: str | None = None,
             in_flight_per_actor: int = 2, progress: bool | None = None,
             log: Callable[[str], None] = print, log_every: float = 30.0) -> dict:
   """Migrates SRC into DST with Ray actors; same manifest, statuses and resume as local.
 
   Args:
+    settings: the engine's, handed whole to every actor.
     address: Ray cluster address ("auto" = this node's cluster; None inside a
       `ray job submit` job or to start a local one).
     cloak_actors: default one per GPU in the cluster, else 2 (CPU-only).
     in_flight_per_actor: chunks queued per cloak actor (bounds worker memory).
   """
   t0 = time.time()
-  job = Job(src, dst, config, options, log=log)
+  job = Job(src, dst, config, options, settings=settings, log=log)
   tty = sys.stderr.isatty() if progress is None else progress
   if not ray.is_initialized():
     ray.init(address=address, log_to_driver=True)
-  resources = ray.cluster_resources()
-  gpus = int(resources.get("GPU", 0))
-  n_cloak = cloak_actors or (gpus if gpus else 2)
-  n_detect = detect_actors or n_cloak
-  engine_kwargs = {"weights_dir": weights_dir, "strip_metadata": strip_metadata}
-  if max_pixels is not None:
-    engine_kwargs["max_pixels"] = max_pixels
-  cpu_share = max(0.1, min(1.0, resources.get("CPU", 1) / (n_cloak + n_detect)))
-  common = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
-                scheduling_strategy="SPREAD")
-  cloak_cls = ray.remote(CloakStage).options(
-      num_gpus=CLOAK_GPU_SHARE if gpus else 0, num_cpus=0 if gpus else cpu_share, **common)
-  # On a GPU node the detector runs there too; JAX must not take the whole GPU for it.
-  detect_env = {"env_vars": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.1"}} if gpus else None
-  detect_cls = ray.remote(DetectStage).options(
-      num_gpus=DETECT_GPU_SHARE if gpus else 0, num_cpus=cpu_share, runtime_env=detect_env,
-      **common)
   dest = job.dst.name if job.dst.is_url else str(Path(dst).resolve())
-  args = (config, engine_kwargs, options, dest, compile_cache)
-  cloakers = [cloak_cls.remote(*args) for _ in range(n_cloak)]
-  detectors = [detect_cls.remote(*args) for _ in range(n_detect)]
-  placement = _placement(cloakers + detectors)
-  log(f"ray: {n_cloak} cloak actors ({'GPU' if gpus else 'CPU'}) and {n_detect} detect "
-      f"actors on {len({n for _, n, _ in placement})} node(s)")
+  actors = _Actors.start((config, settings, options, dest, compile_cache), cloak_actors,
+                         detect_actors, log=log)
   if config.mode == "targeted":
+    actors.share_pool(pool_dir)
+  job.progress = Progress(count_entries(job.src), tty=tty, log=log, every=log_every)
+  _Schedule(job, actors, in_flight_per_actor).run()
+  summary = job.finish(time.time() - t0)
+  summary.update(ray_nodes=len([n for n in ray.nodes() if n["Alive"]]),
+                 cloak_actors=len(actors.cloakers), detect_actors=len(actors.detectors),
+                 actor_nodes=actors.nodes)
+  actors.kill()
+  return summary
+
+
+@dataclasses.dataclass
+class _Actors:
+  """A job's cloak and detect actors, each started and placed."""
+  cloakers: list
+  detectors: list
+  placement: list  # each actor's `where()`
+
+  @classmethod
+  def start(cls, args: tuple, n_cloak: int | None, n_detect: int | None, *,
+            log: Callable[[str], None]) -> "_Actors":
+    """Sized by the cluster: one cloak actor per GPU (2 without), as many detect actors."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    n_cloak = n_cloak or (gpus if gpus else 2)
+    n_detect = n_detect or n_cloak
+    cpu_share = max(0.1, min(1.0, resources.get("CPU", 1) / (n_cloak + n_detect)))
+    common = dict(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
+                  scheduling_strategy="SPREAD")
+    cloak_cls = ray.remote(CloakStage).options(
+        num_gpus=CLOAK_GPU_SHARE if gpus else 0, num_cpus=0 if gpus else cpu_share, **common)
+    # On a GPU node the detector runs there too; JAX must not take the whole GPU for it.
+    detect_env = {"env_vars": {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.1"}} if gpus else None
+    detect_cls = ray.remote(DetectStage).options(
+        num_gpus=DETECT_GPU_SHARE if gpus else 0, num_cpus=cpu_share, runtime_env=detect_env,
+        **common)
+    cloakers = [cloak_cls.remote(*args) for _ in range(n_cloak)]
+    detectors = [detect_cls.remote(*args) for _ in range(n_detect)]
+    actors = cls(cloakers, detectors, _placement(cloakers + detectors))
+    log(f"ray: {n_cloak} cloak actors ({'GPU' if gpus else 'CPU'}) and {n_detect} detect "
+        f"actors on {actors.nodes} node(s)")
+    return actors
+
+  @property
+  def nodes(self) -> int:
+    return len({n for _, n, _ in self.placement})
+
+  def share_pool(self, pool_dir: Path | None) -> None:
+    """The target pool's features, computed by one cloak actor and handed to the others."""
     if pool_dir is None:
       raise MigrateError("targeted mode needs a target pool (--pool DIR)")
-    pool_ref = ray.put(ray.get(cloakers[0].load_pool.remote(str(pool_dir))))
-    ray.get([a.set_pool.remote(pool_ref) for a in cloakers[1:]])
+    pool_ref = ray.put(ray.get(self.cloakers[0].load_pool.remote(str(pool_dir))))
+    ray.get([a.set_pool.remote(pool_ref) for a in self.cloakers[1:]])
 
-  job.progress = Progress(count_entries(job.src), tty=tty, log=log, every=log_every)
-  inflight: dict = {}  # result ref -> (chunk number, chunk, cloak actor, users choosing a target)
-  finished: dict[int, list] = {}  # chunk number -> its records, until earlier chunks are in
-  load = [0] * n_cloak
-  choosing: set[str] = set()
-  next_commit = 0
+  def kill(self) -> None:
+    for a in self.cloakers + self.detectors:
+      ray.kill(a)
 
-  def collect() -> None:
-    nonlocal next_commit
-    ready, _ = ray.wait(list(inflight), num_returns=1)
-    ref = ready[0]
-    number, chunk, k, users = inflight.pop(ref)
-    load[k] -= 1
+
+class _Schedule:
+  """The driver's loop: chunks onto the least loaded cloak actor (through a detect
+  actor), records committed in walk order, one chunk choosing each user's target."""
+
+  def __init__(self, job: Job, actors: _Actors, in_flight_per_actor: int):
+    self.job, self.actors = job, actors
+    self.limit = in_flight_per_actor * len(actors.cloakers)
+    self.inflight: dict = {}  # result ref -> (chunk number, chunk, cloak actor, users choosing)
+    self.finished: dict[int, list] = {}  # chunk number -> its records, until earlier ones are in
+    self.load = [0] * len(actors.cloakers)
+    self.choosing: set[str] = set()  # users whose target a chunk in flight is choosing
+    self.next_commit = 0
+
+  def run(self) -> None:
+    for number, chunk in enumerate(self.job.chunks(self.job.tasks(read=False))):
+      self.submit(number, chunk)
+    while self.inflight:
+      self.collect()
+
+  def submit(self, number: int, chunk: list) -> None:
+    state = self.job.state
+    need = set()
+    if self.job.config.mode == "targeted":
+      need = {t.user for t in chunk} - set(state.targets)
+      while need & self.choosing:  # one chunk chooses a user's target; the rest reuse it
+        self.collect()
+        need -= set(state.targets)
+    while len(self.inflight) >= self.limit:
+      self.collect()
+    k = min(range(len(self.load)), key=self.load.__getitem__)
+    detectors = self.actors.detectors
+    prepared = detectors[k % len(detectors)].__call__.remote(chunk)
+    ref = self.actors.cloakers[k].__call__.remote(prepared, dict(state.targets))
+    self.inflight[ref] = (number, chunk, k, need)
+    self.load[k] += 1
+    self.choosing |= need
+
+  def collect(self) -> None:
+    """Waits for one chunk; commits every finished chunk whose predecessors are in."""
+    ready, _ = ray.wait(list(self.inflight), num_returns=1)
+    number, chunk, k, users = self.inflight.pop(ready[0])
+    self.load[k] -= 1
     try:
-      records, new, disk = ray.get(ref)
+      records, new, disk = ray.get(ready[0])
     except ray.exceptions.RayError as e:
       records, new, disk = [r for r, _ in error_results(chunk, e, copied=False)], {}, None
     if disk is not None:
       raise OSError(*disk)
-    job.save_targets(new)  # before any record that used them
-    choosing.difference_update(users)
-    finished[number] = records
-    while next_commit in finished:  # the manifest follows the walk order
-      for rec in finished.pop(next_commit):
-        job.record_written(rec, sync=False)
-      job.manifest.sync()  # one fsync per chunk, not per photo
-      next_commit += 1
-
-  for number, chunk in enumerate(job.chunks(job.tasks(read=False))):
-    need = set()
-    if config.mode == "targeted":
-      need = {t.user for t in chunk} - set(job.state.targets)
-      while need & choosing:  # one chunk chooses a user's target; the rest reuse it
-        collect()
-        need -= set(job.state.targets)
-    while len(inflight) >= in_flight_per_actor * n_cloak:
-      collect()
-    k = min(range(n_cloak), key=load.__getitem__)
-    prepared = detectors[k % n_detect].__call__.remote(chunk)
-    ref = cloakers[k].__call__.remote(prepared, dict(job.state.targets))
-    inflight[ref] = (number, chunk, k, need)
-    load[k] += 1
-    choosing |= need
-  while inflight:
-    collect()
-  summary = job.finish(time.time() - t0)
-  summary.update(ray_nodes=len([n for n in ray.nodes() if n["Alive"]]), cloak_actors=n_cloak,
-                 detect_actors=n_detect,
-                 actor_nodes=len({n for _, n, _ in placement}))
-  for a in cloakers + detectors:
-    ray.kill(a)
-  return summary
-
+    self.job.save_targets(new)  # before any record that used them
+    self.choosing.difference_update(users)
+    self.finished[number] = records
+    while self.next_commit in self.finished:  # the manifest follows the walk order
+      for rec in self.finished.pop(self.next_commit):
+        self.job.record_written(rec, sync=False)
+      self.job.manifest.sync()  # one fsync per chunk, not per photo
+      self.next_commit += 1

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxcloak.config import CloakConfig
+from jaxcloak.config import CloakConfig, EngineSettings
 from jaxcloak.paths import OverlapError
 from jaxcloak.pipeline import migrate as mig
 from jaxcloak.pipeline.manifest import Manifest, sha256_file
@@ -31,7 +31,9 @@ from tests.conftest import ROOT
 from tests.pipeline import corpus
 
 CONFIG = CloakConfig(mode="untargeted", steps=2, batch_size=4, max_region=64)
-OPTIONS = mig.Options(detect_side=576, max_faces=8, chunk=8)
+OPTIONS = mig.Options(max_faces=8, chunk=8)
+SETTINGS = EngineSettings(max_pixels=corpus.MAX_PIXELS, detect_side=576)
+JOB = dict(options=OPTIONS, settings=SETTINGS)  # how the job walks, how its engine reads
 # Pipeline mechanics, not the cloak family: per-pixel noise, as CONFIG.
 CLI_FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--steps", "2",
              "--perturbation", "pixels",
@@ -42,7 +44,7 @@ CLI_FLAGS = ["--mode", "untargeted", "--extractors", "dlib", "--views", "0", "--
 @pytest.fixture(scope="module")
 def cloaker(jax_cache):
   from jaxcloak.pipeline.cloaker import Cloaker
-  return Cloaker(CONFIG, max_pixels=corpus.MAX_PIXELS, detect_side=OPTIONS.detect_side)
+  return Cloaker(CONFIG, SETTINGS)
 
 
 def snapshot(root: Path) -> dict:
@@ -70,7 +72,7 @@ def migrated(tmp_path_factory, faces_dir, cloaker):
   expected = corpus.build(root / "src", faces_dir)
   before = snapshot(root / "src")
   logs = []
-  summary = mig.migrate(root / "src", root / "dst", CONFIG, options=OPTIONS,
+  summary = mig.migrate(root / "src", root / "dst", CONFIG, **JOB,
                         make_cloaker=lambda: cloaker, progress=False, log=logs.append,
                         log_every=0.0)
   return root, expected, before, summary, logs
@@ -133,7 +135,7 @@ def test_second_run_does_nothing(migrated, cloaker):
   manifest = root / "dst" / mig.META_DIR / "manifest.jsonl"
   size = manifest.stat().st_size
   logs = []
-  s = mig.migrate(root / "src", root / "dst", CONFIG, options=OPTIONS,
+  s = mig.migrate(root / "src", root / "dst", CONFIG, **JOB,
                   make_cloaker=lambda: pytest.fail("nothing should be computed"),
                   progress=False, log=logs.append)
   assert s["nothing_to_do"] and s["migrated_now"] == 0 and s["already_done"] == s["inputs"]
@@ -145,9 +147,9 @@ def test_other_settings_refused(migrated):
   root, *_ = migrated
   other = CloakConfig(mode="untargeted", steps=3, batch_size=4, max_region=64)
   with pytest.raises(mig.MigrateError, match="other settings"):
-    mig.migrate(root / "src", root / "dst", other, options=OPTIONS, progress=False)
+    mig.migrate(root / "src", root / "dst", other, **JOB, progress=False)
   with pytest.raises(OverlapError, match="inside input"):  # jaxcloak.paths, every entry point's
-    mig.migrate(root / "src", root / "src" / "out", CONFIG, options=OPTIONS, progress=False)
+    mig.migrate(root / "src", root / "src" / "out", CONFIG, **JOB, progress=False)
 
 
 def test_missing_or_changed_output_is_redone(migrated, cloaker):
@@ -155,7 +157,7 @@ def test_missing_or_changed_output_is_redone(migrated, cloaker):
   dst = root / "dst"
   (dst / "odd/noise.jpg").unlink()
   (dst / "odd/notes.txt").write_bytes(b"tampered")
-  s = mig.migrate(root / "src", dst, CONFIG, options=OPTIONS, make_cloaker=lambda: cloaker,
+  s = mig.migrate(root / "src", dst, CONFIG, **JOB, make_cloaker=lambda: cloaker,
                   progress=False, log=lambda m: None)
   assert s["migrated_now"] == 2 and s["by_status"] == {"no_face": 1, "not_an_image": 1}
   assert (dst / "odd/notes.txt").read_bytes() == (root / "src/odd/notes.txt").read_bytes()
@@ -163,7 +165,7 @@ def test_missing_or_changed_output_is_redone(migrated, cloaker):
 
 def test_zip_slip_and_bad_members(tmp_path, faces_dir, cloaker):
   expected = corpus.bad_zip(tmp_path / "in.zip", faces_dir)
-  s = mig.migrate(tmp_path / "in.zip", tmp_path / "out" / "dst", CONFIG, options=OPTIONS,
+  s = mig.migrate(tmp_path / "in.zip", tmp_path / "out" / "dst", CONFIG, **JOB,
                   make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   recs = records(tmp_path / "out" / "dst")
   assert {k: r["status"] for k, r in recs.items()} == expected
@@ -183,7 +185,7 @@ def test_tar_members(tmp_path, faces_dir, cloaker):
     link = tarfile.TarInfo("dave/link")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     tf.addfile(link)
-  mig.migrate(tmp_path / "in.tar.gz", tmp_path / "dst", CONFIG, options=OPTIONS,
+  mig.migrate(tmp_path / "in.tar.gz", tmp_path / "dst", CONFIG, **JOB,
               make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   got = {k: r["status"] for k, r in records(tmp_path / "dst").items()}
   assert got == {"dave/face.jpg": "cloaked", "../evil.jpg": "unsafe_path",
@@ -265,12 +267,12 @@ def test_memory_bounded_by_chunk_not_archive(tmp_path, cloaker):
       zf.writestr(f"u{i % 4}/{i:05d}.png", b.getvalue())
       total += len(b.getvalue())
   from jaxcloak.pipeline.cloaker import Cloaker
-  opts = mig.Options(detect_side=64, chunk=8)
-  engine = Cloaker(CONFIG, detect_side=opts.detect_side)  # built before tracing: its weights
+  opts, small = mig.Options(chunk=8), EngineSettings(detect_side=64)
+  engine = Cloaker(CONFIG, small)  # built before tracing: its weights
   tracemalloc.start()
   try:
     s = mig.migrate(tmp_path / "big.zip", tmp_path / "dst", CONFIG, options=opts,
-                    make_cloaker=lambda: engine, progress=False, log=lambda m: None)
+                    settings=small, make_cloaker=lambda: engine, progress=False, log=lambda m: None)
     _, peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
@@ -298,7 +300,7 @@ def test_engine_failure_copies_and_is_retried(tmp_path, faces_dir, cloaker):
   corpus.write(tmp_path / "src", "u/a.jpg", corpus.jpeg(face, quality=90))
   corpus.write(tmp_path / "src", "u/b.jpg", corpus.jpeg(face, quality=90))  # duplicate of a
   corpus.write(tmp_path / "src", "u/n.txt", b"text")
-  kw = dict(options=OPTIONS, progress=False, log=lambda m: None)
+  kw = dict(**JOB, progress=False, log=lambda m: None)
   s = mig.migrate(tmp_path / "src", tmp_path / "dst", CONFIG,
                   make_cloaker=lambda: _FailingCloaker(cloaker), **kw)
   assert s["by_status"] == {"error": 2, "not_an_image": 1}
@@ -321,9 +323,9 @@ def test_targets_recorded_and_reused(tmp_path, faces_dir, jax_cache):
   face = corpus.face_image(faces_dir)
   for rel, q in [("alice/1.jpg", 90), ("alice/2.jpg", 92), ("bob/1.jpg", 94)]:
     corpus.write(tmp_path / "src", rel, corpus.jpeg(face, quality=q))
-  c = Cloaker(config, detect_side=OPTIONS.detect_side)
+  c = Cloaker(config, SETTINGS)
   pool = pool_features(c, tmp_path / "pool", cache_dir=tmp_path / "cache", log=lambda m: None)
-  kw = dict(options=OPTIONS, make_cloaker=lambda: c, pool=pool, progress=False,
+  kw = dict(**JOB, make_cloaker=lambda: c, pool=pool, progress=False,
             log=lambda m: None)
   mig.migrate(tmp_path / "src", tmp_path / "dst", config, **kw)
   state_path = tmp_path / "dst" / mig.META_DIR / "state.json"
@@ -345,7 +347,7 @@ def test_member_path_conflict_is_reported(tmp_path, cloaker):
   with zipfile.ZipFile(tmp_path / "c.zip", "w") as zf:
     zf.writestr("a", b"file named a")
     zf.writestr("a/b.txt", b"a file under a folder also named a")
-  s = mig.migrate(tmp_path / "c.zip", tmp_path / "dst", CONFIG, options=OPTIONS,
+  s = mig.migrate(tmp_path / "c.zip", tmp_path / "dst", CONFIG, **JOB,
                   make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   recs = records(tmp_path / "dst")
   assert recs["a"]["status"] == "not_an_image"
@@ -363,7 +365,7 @@ def test_outputs_keep_their_inputs_permission_bits(tmp_path, faces_dir, cloaker)
   for rel, data, mode in [("u/shared.jpg", face, 0o644), ("u/private.jpg", other, 0o600),
                           ("u/group.txt", b"notes", 0o640)]:
     corpus.write(src, rel, data).chmod(mode)
-  mig.migrate(src, tmp_path / "dst", CONFIG, options=OPTIONS, make_cloaker=lambda: cloaker,
+  mig.migrate(src, tmp_path / "dst", CONFIG, **JOB, make_cloaker=lambda: cloaker,
               progress=False, log=lambda m: None)
   mode = lambda p: p.stat().st_mode & 0o777
   recs = records(tmp_path / "dst")
@@ -377,7 +379,7 @@ def test_outputs_keep_their_inputs_permission_bits(tmp_path, faces_dir, cloaker)
     info = tarfile.TarInfo("v/face.jpg")
     info.size, info.mode = len(face), 0o664
     tf.addfile(info, io.BytesIO(face))
-  mig.migrate(tmp_path / "in.tar", tmp_path / "dst2", CONFIG, options=OPTIONS,
+  mig.migrate(tmp_path / "in.tar", tmp_path / "dst2", CONFIG, **JOB,
               make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   assert records(tmp_path / "dst2")["v/face.jpg"]["status"] == "cloaked"
   assert mode(tmp_path / "dst2/v/face.jpg") == 0o664
@@ -394,9 +396,9 @@ def test_src_by_url_migrates_like_the_same_folder(tmp_path, faces_dir, cloaker):
     fs.pipe(f"/src-{os.getpid()}/{rel}", data)
     corpus.write(tmp_path / "src", rel, data)
   url = f"memory://src-{os.getpid()}"
-  by_url = mig.migrate(url, tmp_path / "url", CONFIG, options=OPTIONS,
+  by_url = mig.migrate(url, tmp_path / "url", CONFIG, **JOB,
                        make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
-  mig.migrate(tmp_path / "src", tmp_path / "dir", CONFIG, options=OPTIONS,
+  mig.migrate(tmp_path / "src", tmp_path / "dir", CONFIG, **JOB,
               make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   got, want = records(tmp_path / "url"), records(tmp_path / "dir")
   assert {k: r["status"] for k, r in got.items()} == {k: r["status"] for k, r in want.items()}
@@ -405,7 +407,7 @@ def test_src_by_url_migrates_like_the_same_folder(tmp_path, faces_dir, cloaker):
     assert (tmp_path / "url" / rel).read_bytes() == (tmp_path / "dir" / rel).read_bytes(), rel
   assert fs.cat(f"/src-{os.getpid()}/erin/face.jpg") == face  # SRC only read
   with pytest.raises(mig.MigrateError, match="no such folder"):
-    mig.migrate("memory://no-such-prefix", tmp_path / "x", CONFIG, options=OPTIONS,
+    mig.migrate("memory://no-such-prefix", tmp_path / "x", CONFIG, **JOB,
                 make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
 
 
@@ -422,7 +424,7 @@ def test_dst_by_url_writes_whole_objects_and_resumes(tmp_path, faces_dir, cloake
     corpus.write(tmp_path / "src", rel, data)
   fs, root = fsspec.filesystem("memory"), f"/dst-{os.getpid()}"
   fs.pipe(f"{root}/erin/.face.jpg.0123abcd.part", b"half a photo")  # left by a killed run
-  run = lambda dst: mig.migrate(tmp_path / "src", dst, CONFIG, options=OPTIONS,
+  run = lambda dst: mig.migrate(tmp_path / "src", dst, CONFIG, **JOB,
                                 make_cloaker=lambda: cloaker, progress=False, log=lambda m: None)
   first = run(f"memory://{root}")
   run(tmp_path / "dir")
@@ -439,5 +441,5 @@ def test_dst_by_url_writes_whole_objects_and_resumes(tmp_path, faces_dir, cloake
   assert again["nothing_to_do"] and again["already_done"] == 3
   with pytest.raises(mig.MigrateError, match="other settings"):
     mig.migrate(tmp_path / "src", f"memory://{root}", CloakConfig(mode="untargeted", steps=3),
-                options=OPTIONS, make_cloaker=lambda: cloaker, progress=False,
+                **JOB, make_cloaker=lambda: cloaker, progress=False,
                 log=lambda m: None)
