@@ -51,6 +51,7 @@ import numpy as np  # noqa: E402
 
 from jaxcloak import models  # noqa: E402
 from jaxcloak.eval import dataset, experiments  # noqa: E402
+from jaxcloak.eval.settings import Settings  # noqa: E402
 from jaxcloak.faces import io as photo_io  # noqa: E402
 from jaxcloak.faces.quality import region_ssimulacra2  # noqa: E402
 from jaxcloak.faces.regions import region_dssim  # noqa: E402
@@ -321,7 +322,7 @@ def main() -> None:
   load_start = os.getloadavg()
   emit(bench="peer", kind="start", loadavg=load_start, **machine())
 
-  settings = experiments.Settings(
+  settings = Settings(
       data=FACES, pool=POOL, users=args.users, train_per_user=args.photos_per_user,
       max_photos=args.max_photos, pool_identities=args.pool_identities,
       pool_photos=args.pool_photos, trackers=tuple(args.trackers.split(",")),

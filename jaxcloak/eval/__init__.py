@@ -6,7 +6,7 @@ into report.md, results.jsonl and plots. The `jaxcloak eval` subcommand is
 CLI parser does not load JAX.
 """
 
-_LAZY = {"EXPERIMENTS": "experiments", "Evaluation": "experiments", "Settings": "experiments",
+_LAZY = {"EXPERIMENTS": "settings", "Evaluation": "experiments", "Settings": "settings",
          "Rate": "metrics", "accuracy": "metrics", "psr": "metrics"}
 
 

@@ -51,7 +51,7 @@ QUICK = dict(identities=10, max_photos=10, pool_identities=20, pool_photos=3, ba
              transfer_models=("dlib", "sface"), frontier_held_out=("sface",),
              frontier_points=("budget=0.004 local_budget=0.01", "budget=0.012 local_budget=0.03"))
 
-# The experiments' names (jaxcloak.eval.experiments.EXPERIMENTS), repeated here
+# The experiments' names (jaxcloak.eval.settings.EXPERIMENTS), repeated here
 # so building the parser does not import JAX; a test keeps them equal.
 EXPERIMENT_NAMES = ("matrix", "transfer", "frontier", "knobs", "budget", "leakage", "robust",
                     "adaptive", "detection", "transforms", "finetune")
@@ -109,14 +109,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                       "--cloak feature_dropout=0.1")
   # Repeatable lists of space-separated FIELD=VALUE cloak settings (list fields take '+').
   for flag, help_ in (
-      ("--knob", "one row of the knobs experiment (replaces the default rows, experiments.KNOBS): "
+      ("--knob", "one row of the knobs experiment (replaces the default rows, settings.KNOBS): "
                  "settings changed from the base cloak (the first --user-models entry), e.g. "
                  "--knob views=1 --knob 'views=1 view_kinds=blur' "
                  "--knob extractors=dlib+mobileface+faceres"),
       ("--family", "one curve of the frontier experiment (default: the base cloak alone, "
                    "'base'): settings changed from the preset's cloak"),
       ("--point", "one strength point of every frontier curve (default: "
-                  "experiments.FRONTIER_POINTS, DSSIM 0.004-0.02 with the worst-block cap at "
+                  "settings.FRONTIER_POINTS, DSSIM 0.004-0.02 with the worst-block cap at "
                   "2.5x), applied on top of the family's settings")):
     g.add_argument(flag, action="append", default=[], metavar="'FIELD=VALUE ...'",
                    help=help_ + " (repeatable)")
@@ -165,7 +165,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def settings_from_args(args):
-  from jaxcloak.eval.experiments import Settings
+  from jaxcloak.eval.settings import Settings
   values = dict(QUICK) if args.quick else {}
   for flag, (field, parse) in _LISTS.items():
     v = getattr(args, flag, None)

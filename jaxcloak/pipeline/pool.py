@@ -25,9 +25,9 @@ PHOTOS_PER_IDENTITY = 4  # what a centroid needs; LFW-style pools hold ~5 per id
 CHUNK = 64  # photos decoded and detected at once (memory)
 
 
-def _pool_key(pool_dir: Path, files: list[Path], upscale: bool) -> str:
+def _pool_key(pool_dir: Path, files: list[Path], detector: str) -> str:
   h = hashlib.sha256()
-  h.update(f"upscale={upscale}|per_identity={PHOTOS_PER_IDENTITY}|v3".encode())
+  h.update(f"{detector}|per_identity={PHOTOS_PER_IDENTITY}|v3".encode())
   for f in files:
     st = f.stat()
     h.update(f"{f.relative_to(pool_dir)}:{st.st_size}:{int(st.st_mtime)}".encode())
@@ -45,7 +45,9 @@ def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = 
                           and not p.name.startswith("."))[:PHOTOS_PER_IDENTITY] for d in ids}
   names = list(files)
   flat = [(k, p) for k, n in enumerate(names) for p in files[n]]
-  key = _pool_key(pool_dir, [p for _, p in flat], cloaker.config.detect_upscale)
+  # The detections depend on how the detector ran: its upscaling and its largest side.
+  detector = f"upscale={cloaker.config.detect_upscale}|side={cloaker.settings.detect_side}"
+  key = _pool_key(pool_dir, [p for _, p in flat], detector)
   cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "jaxcloak" / "pools"
   faces = _cached(cache_dir / f"{key}.faces.npz", lambda: _detect(cloaker, flat, names, log))
   paths = {e.name: cache_dir / f"{key}.{e.name}.npz" for e in cloaker.extractors}

@@ -216,8 +216,9 @@ def test_cli_parser_is_light_and_maps_flags_to_settings():
   import argparse
   import subprocess
   import sys
-  from jaxcloak.eval import cli, experiments
-  assert cli.EXPERIMENT_NAMES == experiments.EXPERIMENTS
+  from jaxcloak.eval import cli, experiments, settings
+  assert cli.EXPERIMENT_NAMES == settings.EXPERIMENTS
+  assert tuple(experiments.EXPERIMENT_FUNCTIONS) == settings.EXPERIMENTS
   code = ("import argparse, sys; from jaxcloak.eval import cli; "
           "cli.add_parser(argparse.ArgumentParser().add_subparsers()); "
           "print('jax' in sys.modules)")

@@ -5,41 +5,42 @@ import numpy as np
 import pytest
 
 from jaxcloak import models
-from jaxcloak.eval import experiments, pipelines
+from jaxcloak.eval import exp_transfer, pipelines
+from jaxcloak.eval.settings import Settings
 
 from tests.conftest import ensure_weights
 
 
 def test_leave_one_out_folds_hold_each_model_out_once():
-  folds = experiments.leave_one_out(("dlib", "facenet", "sface", "faceres"))
+  folds = exp_transfer.leave_one_out(("dlib", "facenet", "sface", "faceres"))
   assert [f.held_out for f in folds] == ["dlib", "facenet", "sface", "faceres"]
   for f in folds:
     assert f.held_out not in f.transfer and len(f.transfer) == 3
     assert f.white_box == ("dlib", "facenet", "sface", "faceres")
   assert folds[0].transfer == ("facenet", "sface", "faceres")  # registry order kept
   with pytest.raises(ValueError):
-    experiments.leave_one_out(("dlib",))
+    exp_transfer.leave_one_out(("dlib",))
   with pytest.raises(ValueError):
-    experiments.leave_one_out(("dlib", "dlib"))
+    exp_transfer.leave_one_out(("dlib", "dlib"))
 
 
 def test_transfer_configs_default_to_every_registered_extractor(tmp_path):
-  s = experiments.Settings(data=tmp_path, pool=tmp_path)
+  s = Settings(data=tmp_path, pool=tmp_path)
   assert s.transfer_set() == tuple(models.EXTRACTORS)  # models ported later join by themselves
   assert s.tracker_pipelines == ("yunet", "retinaface", "margin")
-  folds = experiments.leave_one_out(s.transfer_set())
+  folds = exp_transfer.leave_one_out(s.transfer_set())
   transfer = s.base_config("+".join(folds[0].transfer))
   white = s.base_config("+".join(folds[0].white_box))
   assert folds[0].held_out not in transfer.extractors
   assert white.extractors == tuple(models.EXTRACTORS)
   # The same preset and knobs as every other experiment's cloak.
   assert (transfer.budget, transfer.steps) == (white.budget, white.steps)
-  q = experiments.Settings(data=tmp_path, pool=tmp_path, transfer_models=("dlib", "sface"))
-  assert [f.transfer for f in experiments.leave_one_out(q.transfer_set())] == [("sface",), ("dlib",)]
+  q = Settings(data=tmp_path, pool=tmp_path, transfer_models=("dlib", "sface"))
+  assert [f.transfer for f in exp_transfer.leave_one_out(q.transfer_set())] == [("sface",), ("dlib",)]
 
 
 def test_knobs_change_only_their_fields_of_the_base_cloak(tmp_path):
-  s = experiments.Settings(data=tmp_path, pool=tmp_path, user_models=("dlib+mobileface",))
+  s = Settings(data=tmp_path, pool=tmp_path, user_models=("dlib+mobileface",))
   base = s.base_config()
   for knob in s.knobs:  # the default table's rows are all valid configs
     s.knob_config(knob)
@@ -56,9 +57,9 @@ def test_knobs_change_only_their_fields_of_the_base_cloak(tmp_path):
 
 
 def test_frontier_points_hold_the_held_out_models_out_of_every_cloak(tmp_path):
-  s = experiments.Settings(data=tmp_path, pool=tmp_path, preset="high",
-                           frontier_families=("base", "views=0"),
-                           frontier_held_out=("faceres@retinaface", "sface"))
+  s = Settings(data=tmp_path, pool=tmp_path, preset="high",
+               frontier_families=("base", "views=0"),
+               frontier_held_out=("faceres@retinaface", "sface"))
   for family in s.frontier_families:
     for point in s.frontier_points:
       c = s.frontier_config(family, point)
@@ -67,8 +68,8 @@ def test_frontier_points_hold_the_held_out_models_out_of_every_cloak(tmp_path):
   low, strong = (s.frontier_config("base", p) for p in (s.frontier_points[0], s.frontier_points[-1]))
   assert low.budget < strong.budget and low.local_budget < strong.local_budget
   with pytest.raises(ValueError, match="every member"):
-    experiments.Settings(data=tmp_path, pool=tmp_path, preset="low",
-                         frontier_held_out=("dlib",)).frontier_config("base", "budget=0.004")
+    Settings(data=tmp_path, pool=tmp_path, preset="low",
+             frontier_held_out=("dlib",)).frontier_config("base", "budget=0.004")
 
 
 def test_cli_knob_flags_are_checked_before_any_work(tmp_path, capsys):
