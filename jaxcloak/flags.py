@@ -123,7 +123,9 @@ def add_cloak_flags(parser: argparse.ArgumentParser) -> None:
   """Adds `--preset` and one flag per CloakConfig field, in an argument group."""
   g = parser.add_argument_group("cloak settings (a preset, then any field of it)")
   g.add_argument("--preset", default="mid", choices=sorted(config_lib.PRESETS),
-                 help="budget, steps and transfer settings by name (BUILD.md) [default: mid]")
+                 help="budget, steps and transfer settings by name (BUILD.md) [default: mid]. "
+                      "What to expect: " + "; ".join(
+                          f"{k}: {v}" for k, v in config_lib.PRESET_EXPECTATIONS.items()))
   for _, flag, kw in _specs():
     g.add_argument(flag, **kw)
 

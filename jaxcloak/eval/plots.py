@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
@@ -50,9 +51,10 @@ class _Plots:
   def subplots(self, *args, **kwargs):
     return self.plt.subplots(*args, **kwargs)
 
-  def save(self, fig, name):
+  def save(self, fig, name, rect=None):
+    """rect: the part of the figure the axes may fill (room left for a figure legend)."""
     path = self.out_dir / name
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     self.plt.close(fig)
     self.written.append(path)
@@ -146,7 +148,7 @@ def _frontier(plots: _Plots, records: Sequence[dict]) -> None:
     return
   kinds = list(OrderedDict.fromkeys(k.split(" ", 1)[1] for r in rows for k in r
                                     if k.startswith("held-out ")))
-  fig, axes = plots.subplots(1, len(kinds) + 1, figsize=(5 * (len(kinds) + 1), 4), squeeze=False)
+  fig, axes = plots.subplots(1, len(kinds) + 1, figsize=(5.5 * (len(kinds) + 1), 5), squeeze=False)
   for fam in OrderedDict.fromkeys(r["family"] for r in rows):
     if fam == "no cloak":
       for ax, kind in zip(axes[0], kinds):
@@ -165,16 +167,21 @@ def _frontier(plots: _Plots, records: Sequence[dict]) -> None:
     gaps = [np.mean(list(r["gap_closed"].values())) if r["gap_closed"] else np.nan for r in rs]
     axes[0, -1].plot(xs, gaps, marker="o", label=fam)
   for ax, kind in zip(axes[0], kinds):
-    ax.set_ylabel(f"held-out PSR ({kind}), 95% bootstrap over users")
+    ax.set_ylabel(f"held-out PSR ({kind}), 95% interval over users")
     ax.set_ylim(-0.05, 1.05)
-  axes[0, -1].set_ylabel("gap closed (mean over held-out trackers)")
+  axes[0, -1].set_ylabel("gap closed, mean over held-out trackers")
   axes[0, -1].axhline(1.0, color="gray", ls=":", lw=1)
   for ax in axes[0]:
-    ax.set_xlabel("median face SSIMULACRA2 on the written files (higher = less visible)")
+    ax.set_xlabel("median face SSIMULACRA2, written files (higher: less visible)")
     ax.invert_xaxis()
-    ax.legend(fontsize=7)
+  # One legend under the plots: a family's label can be a long list of settings.
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  ncol = min(3, len(labels))
+  fig.legend(handles, [textwrap.fill(t, 60) for t in labels], loc="lower center",
+             ncol=ncol, fontsize=7, frameon=False)
+  legend_rows = -(-len(labels) // ncol)
   fig.suptitle("Frontier: protection against visibility, one curve per family")
-  plots.save(fig, "frontier.png")
+  plots.save(fig, "frontier.png", rect=(0, 0.06 + 0.07 * legend_rows, 1, 1))
 
 
 def _leakage(plots: _Plots, records: Sequence[dict]) -> None:
