@@ -248,7 +248,8 @@ PRESETS: dict[str, dict] = {
 # 10 users x 8 photos, FaceNet and SFace held out of the cloak, linear-probe
 # PSR; visibility on the written files). Shown by `--preset`'s help.
 PRESET_EXPECTATIONS: dict[str, str] = {
-    "low": "held-out PSR 0.00 (white-box 0.01 at its DSSIM); face SSIMULACRA2 ~91: not seen",
+    "low": "held-out PSR 0.00 (white-box 0.01 at its DSSIM with mid's two models); face "
+           "SSIMULACRA2 ~91: not seen",
     "mid": "held-out PSR 0.01, white-box 0.33; SSIMULACRA2 82 (worst 76): a faint texture "
            "careful eyes can find",
     "high": "held-out PSR 0.84 (FaceNet 0.95, SFace 0.73), white-box 1.00; SSIMULACRA2 39 "

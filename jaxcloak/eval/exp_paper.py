@@ -30,27 +30,24 @@ def matrix(ev: Context) -> None:
         ev.record("matrix", None, "no cloak", u, tr, kind,
                   ev.track(tr, kind, u, ev.splits[u].train))
   for models in s.user_models:
-    config = s.base_config(models)
-    for u in ev.users:
-      cloaked = ev.cloaked_samples(config, u)
-      for tr in s.trackers:
-        for kind in s.kinds:
-          ev.record("matrix", config, f"user model {models}", u, tr, kind,
-                    ev.track(tr, kind, u, cloaked), user_model=models)
-    ev.quality("matrix", config)
+    _every_tracker(ev, "matrix", s.base_config(models), f"user model {models}",
+                   user_model=models)
 
 
 def budget(ev: Context) -> None:
-  s = ev.s
-  for b in s.budgets:
-    config = s.base_config(budget=b)
-    for u in ev.users:
-      cloaked = ev.cloaked_samples(config, u)
-      for tr in s.trackers:
-        for kind in s.kinds:
-          ev.record("budget", config, f"budget {b:g}", u, tr, kind,
-                    ev.track(tr, kind, u, cloaked), budget=b)
-    ev.quality("budget", config)
+  for b in ev.s.budgets:
+    _every_tracker(ev, "budget", ev.s.base_config(budget=b), f"budget {b:g}", budget=b)
+
+
+def _every_tracker(ev: Context, experiment: str, config, setting: str, **extra) -> None:
+  """Each user cloaked with `config`, judged by every tracker and kind; then its quality."""
+  for u in ev.users:
+    cloaked = ev.cloaked_samples(config, u)
+    for tr in ev.s.trackers:
+      for kind in ev.s.kinds:
+        ev.record(experiment, config, setting, u, tr, kind, ev.track(tr, kind, u, cloaked),
+                  **extra)
+  ev.quality(experiment, config)
 
 
 def leakage(ev: Context) -> None:

@@ -45,8 +45,8 @@ def pool_features(cloaker: Cloaker, pool_dir: Path, *, cache_dir: Path | None = 
                           and not p.name.startswith("."))[:PHOTOS_PER_IDENTITY] for d in ids}
   names = list(files)
   flat = [(k, p) for k, n in enumerate(names) for p in files[n]]
-  # The detections depend on how the detector ran: its upscaling and its largest side.
-  detector = f"upscale={cloaker.config.detect_upscale}|side={cloaker.settings.detect_side}"
+  # The detections depend on how the detector runs: its upscaling and its largest side.
+  detector = f"upscale={cloaker.detector.upscale}|side={cloaker.detector.max_side}"
   key = _pool_key(pool_dir, [p for _, p in flat], detector)
   cache_dir = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "jaxcloak" / "pools"
   faces = _cached(cache_dir / f"{key}.faces.npz", lambda: _detect(cloaker, flat, names, log))
