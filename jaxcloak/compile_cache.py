@@ -12,8 +12,9 @@ from pathlib import Path
 
 ENV = "JAXCLOAK_COMPILE_CACHE"
 OFF = ("off", "none", "0", "")
-# Entries for programs that compile faster than this are not worth a disk read.
-MIN_COMPILE_SECONDS = 0.5
+# Every program is kept: the many small ones (checks, detector shapes) each compile in
+# under a second, but together cost a repeated small job seconds; a read takes ms.
+MIN_COMPILE_SECONDS = 0.0
 
 
 def default_dir() -> Path:
@@ -31,7 +32,9 @@ def resolve(flag: str | None) -> Path | None:
 
 def enable(folder: Path | None) -> Path | None:
   """Points JAX at `folder` (created); None leaves the cache off. Returns the folder."""
+  from jaxcloak import programs
   if folder is None:
+    programs.enable(None)
     return None
   import jax
   folder = Path(folder)
@@ -42,6 +45,7 @@ def enable(folder: Path | None) -> Path | None:
                      f"--compile-cache DIR elsewhere, or --compile-cache off") from None
   jax.config.update("jax_compilation_cache_dir", str(folder))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+  programs.enable(folder / programs.SUBFOLDER)
   return folder
 
 

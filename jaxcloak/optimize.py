@@ -40,6 +40,7 @@ import optax
 
 from jaxcloak import jpeg, losses, perturbations
 from jaxcloak.objective import Objective, member_sq_distances
+from jaxcloak.programs import Program
 from jaxcloak.surrogates import Surrogates
 from jaxcloak.config import CloakConfig
 from jaxcloak.faces.align import warp_affine
@@ -178,13 +179,12 @@ def make_apply_fn(config: CloakConfig):
   parametrise = perturbations.for_config(config)
   max_change = config.max_pixel_change
 
-  @jax.jit
   def run(batch: Batch, field, knobs: Knobs):
     _, pixels = parametrise(batch, knobs)
     return perturbations.restrict(pixels(field), batch.patches, batch.masks[..., None],
                                   max_change)
 
-  return run
+  return Program(jax.jit(run), repr(("apply", program_config(config))))
 
 
 class _State(NamedTuple):
@@ -355,14 +355,14 @@ def make_cloak_fn(extractors: Sequence[Extractor], config: CloakConfig) -> Cloak
     return search.run(params, batch, knobs)
 
   params = tuple(e.params for e in extractors)
-  return CloakFn(jax.jit(run), params, traces, Knobs.of(config))
+  key = repr(("cloak", [e.name for e in extractors], program_config(config)))
+  return CloakFn(Program(jax.jit(run), key), params, traces, Knobs.of(config))
 
 
 def region_features(extractors: Sequence[Extractor]):
   """Jitted (patches, per-extractor affines) -> per-extractor [b, d] unit features."""
   extractors = tuple(extractors)
 
-  @jax.jit
   def run(params, patches, affines):
     out = []
     for ext, p, m in zip(extractors, params, affines):
@@ -371,7 +371,8 @@ def region_features(extractors: Sequence[Extractor]):
     return tuple(out)
 
   params = tuple(e.params for e in extractors)
-  return lambda patches, affines: run(params, patches, affines)
+  program = Program(jax.jit(run), repr(("features", [e.name for e in extractors])))
+  return lambda patches, affines: program(params, patches, affines)
 
 
 def shard_batch(batch: Batch, mesh: jax.sharding.Mesh | None) -> Batch:

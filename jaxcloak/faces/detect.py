@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from jaxcloak.models import yunet
+from jaxcloak.programs import Program
 
 # OpenCV's FaceDetectorYN defaults (objdetect/face.hpp).
 SCORE_THRESHOLD = 0.9
@@ -149,7 +150,7 @@ class Detector:
       out = model.apply({"params": params}, x)
       return yunet.decode(out, images.shape[1], images.shape[2])
 
-    self._forward = jax.jit(forward)
+    self._forward = Program(jax.jit(forward), "yunet.forward")
 
   def _target_size(self, h: int, w: int) -> tuple[int, int]:
     """(height, width) after resizing so the long side is `max_side` (aspect kept)."""

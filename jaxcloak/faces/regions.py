@@ -19,6 +19,7 @@ import jax
 
 from jaxcloak.faces.align import CANONICAL_TEMPLATE, similarity_transform
 from jaxcloak import losses
+from jaxcloak import programs
 
 BUCKETS = (64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
 
@@ -126,7 +127,7 @@ def hold_cap(original: np.ndarray, rgb: np.ndarray, cap: float) -> np.ndarray:
   return (original + change).astype(np.uint8)
 
 
-@jax.jit
+@programs.saved("regions.masked_dssim")
 def _masked_dssim(a, b, mask):
   return losses.dssim(a[None], b[None], mask[None])[0]
 
@@ -165,7 +166,7 @@ def recut(region: Region, rgb: np.ndarray) -> Region:
   return dataclasses.replace(region, patch=patch)
 
 
-@jax.jit
+@programs.saved("regions.worst_block")
 def _worst_block(a, b, mask):
   _, tiles = losses.visibility(a[None], b[None], mask[None], losses.block_size(a.shape[0]))
   return losses.worst_block(tiles)[0]

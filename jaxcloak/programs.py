@@ -1,0 +1,131 @@
+"""Compiled programs kept whole on disk: a later run skips tracing as well as compiling.
+
+JAX's persistent cache (compile_cache.py) keeps the compiled code, but finding an
+entry needs the function traced and lowered first, and that is seconds of Python
+for a recognizer's graph: most of what a repeated small job waits for. A program
+saved as its StableHLO export (`jax.export`) is found instead from what defines it,
+without tracing, and its compile then comes from JAX's cache:
+- its name and key: everything the jitted function closes over (a config's program
+  fields, the models' names), which the caller must state in full;
+- the structure, shapes, dtypes and shardings of its arguments;
+- jaxcloak's own source, jax and jaxlib versions, and the devices (`_machine`), so an
+  edit to any module or an upgrade starts afresh.
+Saved beside JAX's cache (`<cache>/programs`), so `--compile-cache off` turns both off.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+
+SUBFOLDER = "programs"  # of the compile cache's folder
+_PACKAGE = Path(__file__).resolve().parent
+_folder: Path | None = None
+
+
+def enable(folder: Path | None) -> None:
+  """Saves and loads programs in `folder` (created); None turns saving off."""
+  global _folder
+  if folder is not None:
+    folder.mkdir(parents=True, exist_ok=True)
+  _folder = folder
+
+
+def folder() -> Path | None:
+  return _folder
+
+
+@functools.cache
+def _machine() -> bytes:
+  """What a program depends on besides its key and arguments."""
+  import jaxlib
+  h = hashlib.sha256()
+  for path in sorted(_PACKAGE.rglob("*.py")):
+    h.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
+  devices = jax.local_devices()
+  h.update(repr((jax.__version__, jaxlib.__version__, jax.default_backend(),
+                 [d.device_kind for d in devices])).encode())
+  return h.digest()
+
+
+def _signature(x) -> tuple:
+  if isinstance(x, jax.Array):
+    return (x.shape, str(x.dtype), x.weak_type, repr(x.sharding))
+  if isinstance(x, (np.ndarray, np.generic)):
+    return (x.shape, str(x.dtype))
+  return (type(x).__name__,)  # a Python scalar: weakly typed, its type is its shape
+
+
+class Program:
+  """A jitted function whose compiled programs are reused across processes.
+
+  Called like the function. With saving off it is the plain jitted function.
+  """
+
+  def __init__(self, jitted, key: str):
+    self.jitted, self.key = jitted, key
+    self._loaded: dict[tuple, object] = {}
+
+  def lower(self, *args):
+    return self.jitted.lower(*args)
+
+  def __call__(self, *args):
+    if _folder is None:
+      return self.jitted(*args)
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    signature = (str(tree), tuple(map(_signature, leaves)))
+    program = self._loaded.get(signature)
+    if program is None:
+      program = self._loaded[signature] = self._load_or_compile(args, signature)
+    return program(*args)
+
+  def _load_or_compile(self, args, signature):
+    """jit(call of the saved export), built from the file or, failing that, by tracing."""
+    name = hashlib.sha256(_machine() + repr((self.key, signature)).encode()).hexdigest()[:40]
+    path = _folder / f"{name}.export"
+    try:
+      data, out_tree = pickle.loads(path.read_bytes())
+      exported = jax.export.deserialize(data)
+    except Exception:  # not saved yet, or unreadable: trace it again and (re)write it
+      exported, out_tree = self._export(args)
+      try:
+        _write_atomically(path, pickle.dumps((exported.serialize(), out_tree)))
+      except OSError:  # a full or read-only cache only costs the next run this trace
+        pass
+    call = jax.jit(exported.call)
+    return lambda *a: jax.tree_util.tree_unflatten(out_tree, call(*jax.tree_util.tree_leaves(a)))
+
+  def _export(self, args):
+    leaves, tree = jax.tree_util.tree_flatten(args)
+    out_tree = []
+
+    def flat(*leaves):  # arrays in, arrays out: the export's own trees stay plain tuples
+      out, treedef = jax.tree_util.tree_flatten(self.jitted(*jax.tree_util.tree_unflatten(tree, leaves)))
+      out_tree.append(treedef)
+      return out
+
+    exported = jax.export.export(jax.jit(flat))(*leaves)
+    return exported, out_tree[0]
+
+
+def saved(key: str):
+  """Decorator: a module-level function jitted as a Program under `key`."""
+  return lambda fn: Program(jax.jit(fn), key)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
