@@ -81,6 +81,18 @@ def _quiet(message: str) -> None:
   pass
 
 
+def warmup(*, preset: str = "mid", config: CloakConfig | None = None,
+           settings: EngineSettings | None = None, log: Callable[[str], None] = _quiet,
+           **fields) -> dict:
+  """Compiles the common programs of the cloak that `cloak` with these settings and no pool
+  runs (as `jaxcloak warmup`; `pipeline/warmup.py`). Returns seconds per part."""
+  from jaxcloak.pipeline.cloaker import Cloaker
+  from jaxcloak.pipeline.warmup import warm_up
+  settings = _settings(settings, fields)
+  return warm_up(Cloaker(_config(config, preset, fields, pool=None, log=_quiet), settings),
+                 log=log)
+
+
 def cloak(photos: Sequence[str | Path], output: str | Path, *, pool: str | Path | None = None,
           preset: str = "mid", config: CloakConfig | None = None,
           settings: EngineSettings | None = None, user: str | None = None,

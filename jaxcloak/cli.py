@@ -233,6 +233,19 @@ def _manifest_lines(dst) -> int:
     return 0
 
 
+def _warmup(args) -> int:
+  from jaxcloak import api, weights
+  log = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+  try:
+    seconds = api.warmup(preset=args.preset, settings=flags.settings_from_flags(args), log=log,
+                         **flags.given_fields(args))
+  except (ValueError, KeyError, weights.WeightsError) as e:
+    return _person_error(e)
+  print(json.dumps({"warmup_seconds": {k: round(v, 2) for k, v in seconds.items()},
+                    "compile_cache": str(args.compile_cache)}))
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="jaxcloak", description=__doc__)
   p.add_argument("--version", action="version", version=__version__)
@@ -277,6 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
   compile_cache.add_flag(c)
   c.add_argument("--quiet", action="store_true")
 
+  u = sub.add_parser("warmup", help="compile a preset's common programs into the compile "
+                     "cache now, so the first job starts warm (settings as `cloak` without --pool)")
+  flags.add_cloak_flags(u)
+  flags.add_engine_flags(u)
+  compile_cache.add_flag(u)
+  u.add_argument("--quiet", action="store_true")
+
   _add_migrate_parser(sub)
   # Subcommands owned by their modules: each gives add_parser(sub) and run(args).
   for command, module in EXTRA_COMMANDS.items():
@@ -316,6 +336,8 @@ def main(argv=None) -> int:
             "robust": _weights_robust}[args.weights_command](args)
   if args.command == "cloak":
     return _cloak(args)
+  if args.command == "warmup":
+    return _warmup(args)
   if args.command == "embed":
     return _embed(args)
   if args.command == "check":
