@@ -83,9 +83,9 @@ def _quiet(message: str) -> None:
 
 def warmup(*, preset: str = "mid", config: CloakConfig | None = None,
            settings: EngineSettings | None = None, log: Callable[[str], None] = _quiet,
-           **fields) -> dict:
+           **fields) -> float:
   """Compiles the common programs of the cloak that `cloak` with these settings and no pool
-  runs (as `jaxcloak warmup`; `pipeline/warmup.py`). Returns seconds per part."""
+  runs (as `jaxcloak warmup`; `pipeline/warmup.py`). Returns the seconds it took."""
   from jaxcloak.pipeline.cloaker import Cloaker
   from jaxcloak.pipeline.warmup import warm_up
   settings = _settings(settings, fields)

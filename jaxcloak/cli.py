@@ -241,7 +241,7 @@ def _warmup(args) -> int:
                          **flags.given_fields(args))
   except (ValueError, KeyError, weights.WeightsError) as e:
     return _person_error(e)
-  print(json.dumps({"warmup_seconds": {k: round(v, 2) for k, v in seconds.items()},
+  print(json.dumps({"warmup_seconds": round(seconds, 2),
                     "compile_cache": str(args.compile_cache)}))
   return 0
 

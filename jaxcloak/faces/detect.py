@@ -192,9 +192,13 @@ class Detector:
 
   def _detect(self, images: Sequence[np.ndarray]) -> list[Detections]:
     sizes = [self._target_size(*np.shape(im)[:2]) for im in images]
+    # Every photo is padded to the square of its long side: photos of every aspect ratio
+    # then share one program (at `max_side` with upscaling, one for all photos), where a
+    # program per padded shape cost a first job about 2 s of compiling per new shape.
     buckets: dict[tuple[int, int], list[int]] = {}
     for i, (h, w) in enumerate(sizes):
-      buckets.setdefault((_padded(h), _padded(w)), []).append(i)
+      side = _padded(max(h, w))
+      buckets.setdefault((side, side), []).append(i)
 
     results: list[Detections | None] = [None] * len(images)
     for (ph, pw), members in buckets.items():

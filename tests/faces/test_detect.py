@@ -104,16 +104,17 @@ def test_maps_back_to_photo_pixels(detector, photos):
     np.testing.assert_array_equal(ours.scores, ref.scores)
 
 
-def test_one_compile_per_bucket_and_row_count(detector, photos):
-  """A chunk runs at the smallest power of two of rows that holds it (issue 23): a
-  compile per (bucket, row count), never per call."""
+def test_one_compile_per_row_count_whatever_the_aspect_ratio(detector, photos):
+  """A chunk runs at the smallest power of two of rows that holds it, and every photo is
+  padded square (issue 23): a compile per row count, never per call or photo shape."""
   detector(photos[:3])  # 4 rows
   detector(photos[3:8] + photos[:6])  # 11 photos: a full batch of 8, then 3 in 4 rows
-  before = detector._forward._cache_size()
+  before = detector._forward.jitted._cache_size()
   detector(photos[5:8])
   detector(photos[:4])
   detector(photos[3:8] + photos[:6])
-  assert detector._forward._cache_size() == before
+  detector([p[25:225] for p in photos[:3]] + [p[:, 40:200] for p in photos[3:4]])  # 4:5, 4:6
+  assert detector._forward.jitted._cache_size() == before
 
 
 def test_a_face_that_fills_the_frame_is_found(detector, resized, photos):

@@ -20,7 +20,7 @@ def test_warmup_compiles_the_loop_a_large_face_then_runs_untraced(tmp_path):
                         "--batch-size", "1", "--compile-cache", str(cache)],
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr
-  assert set(json.loads(run.stdout)["warmup_seconds"]) == {"detection", "cloak"}
+  assert json.loads(run.stdout)["warmup_seconds"] > 0
   assert "256-px canvas" in run.stderr  # low's max_region: where every large face goes
   try:
     programs.enable(cache / programs.SUBFOLDER)  # as a later job's process: from the disk
