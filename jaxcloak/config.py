@@ -232,9 +232,11 @@ class EngineSettings:
 # below the per-photo `mid`, so no preset uses it.
 VISIBILITY_BOUND = 0.03
 PRESETS: dict[str, dict] = {
-    # Faces over 256 px are optimised at 256 and their change upsampled: on the
-    # README's samples 2.2x less CPU per run and a higher face SSIMULACRA2 (BUILD.md).
-    "low": dict(budget=0.004, steps=40, local_budget=VISIBILITY_BOUND, max_region=256),
+    # Faces over 192 px are optimised at 192 and their change upsampled: the loop's
+    # per-pixel work follows the canvas while dlib sees a 150 px chip either way. Against
+    # 512 and 256, on large faces: less CPU, the same share fooled, the same or higher
+    # face SSIMULACRA2 (docs/results/speed.md).
+    "low": dict(budget=0.004, steps=40, local_budget=VISIBILITY_BOUND, max_region=192),
     "mid": dict(budget=0.012, steps=75, local_budget=VISIBILITY_BOUND,
                 extractors=("dlib", "mobileface"), views=1, perturbation="shaped"),
     "high": dict(budget=0.06, steps=100, local_budget=0.16,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcloak import weights
+from jaxcloak import programs, weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +54,9 @@ def load_flax(name: str, model, *, input_size: int, template: np.ndarray, prepro
   unexpected or misshapen keys are listed), and a missing file names the
   fetch command.
   """
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, input_size, input_size, 3), jnp.float32))["params"]
+  shapes = programs.shapes(f"{type(model).__module__}.{model!r}.init", model.init, jax.random.key(0),
+                           jax.ShapeDtypeStruct((1, input_size, input_size, 3), jnp.float32)
+                           )["params"]
   expected = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
   loaded = weights.unflatten(weights.load_arrays(name, weights_dir))
   params = weights.merge_params(expected, loaded, what or name)

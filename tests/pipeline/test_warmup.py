@@ -21,7 +21,7 @@ def test_warmup_compiles_the_loop_a_large_face_then_runs_untraced(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr
   assert json.loads(run.stdout)["warmup_seconds"] > 0
-  assert "256-px canvas" in run.stderr  # low's max_region: where every large face goes
+  assert "192-px canvas" in run.stderr  # low's max_region: where every large face goes
   try:
     programs.enable(cache / programs.SUBFOLDER)  # as a later job's process: from the disk
     config = preset("low", mode="untargeted", batch_size=1)
@@ -29,7 +29,7 @@ def test_warmup_compiles_the_loop_a_large_face_then_runs_untraced(tmp_path):
     summary = cloak_photos(cloaker, collect_photos([SAMPLES_DIR / "biden.jpg"]), tmp_path / "out")
   finally:
     programs.enable(None)
-  assert summary["faces_cloaked"] == 1  # a 453-px face, optimised on the 256 canvas
+  assert summary["faces_cloaked"] == 1  # a 453-px face, optimised on the 192 canvas
   assert len(cloaker.cloak_fn.traces) == 0
 
 
