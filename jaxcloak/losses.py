@@ -17,11 +17,6 @@ def _gaussian_taps(size: int = 11, sigma: float = 1.5) -> np.ndarray:
   return (t / t.sum()).astype(np.float32)
 
 
-# Output rows per band block: a block's matmul costs (BLOCK + 10) multiply-adds per output,
-# not the whole side's, so the cost grows with the area, not the area times the side.
-FILTER_BLOCK = 32
-
-
 def _band(n: int, taps: np.ndarray) -> jax.Array:
   """[n - k + 1, n] banded matrix: a 'valid' 1-D convolution as a matmul."""
   k = len(taps)
@@ -31,33 +26,17 @@ def _band(n: int, taps: np.ndarray) -> jax.Array:
   return jnp.asarray(m)
 
 
-def _valid_filter(x: jax.Array, axis: int, taps: np.ndarray) -> jax.Array:
-  """'Valid' 1-D convolution along `axis` as block-banded matmuls: the side is cut into
-  blocks of FILTER_BLOCK outputs, each one matmul with its k - 1 rows of overlap."""
-  k, n = len(taps), x.shape[axis]
-  out = n - k + 1
-  blocks = -(-out // FILTER_BLOCK)
-  span = FILTER_BLOCK + k - 1
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, blocks * FILTER_BLOCK + k - 1 - n)
-  x = jnp.pad(x, pad)
-  windows = jnp.stack([jax.lax.slice_in_dim(x, i * FILTER_BLOCK, i * FILTER_BLOCK + span, axis=axis)
-                       for i in range(blocks)], axis=axis)  # [..., blocks, span, ...]
-  y = jnp.moveaxis(jnp.tensordot(windows, _band(span, taps), axes=[[axis + 1], [1]],
-                                 precision="highest"), -1, axis + 1)
-  y = y.reshape(y.shape[:axis] + (blocks * FILTER_BLOCK,) + y.shape[axis + 2:])
-  return jax.lax.slice_in_dim(y, 0, out, axis=axis)
-
-
 def separable_gaussian(x: jax.Array) -> jax.Array:
-  """dm_pix's SSIM window (11 taps, sigma 1.5, 'valid') as block-banded matmuls.
+  """dm_pix's SSIM window (11 taps, sigma 1.5, 'valid') as two banded matmuls.
 
-  Same numbers as dm_pix's default filter (tested), but many times faster
+  Same numbers as dm_pix's default filter (tested), but about 10x faster
   forward+backward on CPU, where XLA's depthwise convolutions are slow; SSIM
   otherwise dominated the cloak step.
   """
   taps = _gaussian_taps()
-  return _valid_filter(_valid_filter(x, x.ndim - 3, taps), x.ndim - 2, taps)
+  h, w = x.shape[-3], x.shape[-2]
+  x = jnp.einsum("oh,...hwc->...owc", _band(h, taps), x, precision="highest")
+  return jnp.einsum("pw,...owc->...opc", _band(w, taps), x, precision="highest")
 
 
 def ssim(a: jax.Array, b: jax.Array, *, return_map: bool = False) -> jax.Array:
