@@ -1,11 +1,13 @@
 """The README's main command, timed as a person meets it: first run, then second run.
 
-  .venv/bin/python benchmarks/first_run.py [--preset low] [--runs 2]
+  .venv/bin/python benchmarks/first_run.py [--preset low] [--runs 2] [--warmup]
 
 Runs `jaxcloak cloak --samples --preset P -o OUT` in fresh processes: first
 with an empty persistent compile cache (a fresh clone, weights fetched), then
 again with the cache it filled, and, as the peer in the same run, once more
 with `--compile-cache off` (every run compiles everything, as before the cache).
+With `--warmup`, `jaxcloak warmup --preset P` fills the empty cache first, timed
+on its own line, as a server or cluster node would after installing.
 One JSON line per run: wall seconds, the cache's size, the load average.
 """
 
@@ -42,9 +44,19 @@ def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--preset", default="low")
   ap.add_argument("--runs", type=int, default=2, help="runs with the cache (first, second, ...)")
+  ap.add_argument("--warmup", action="store_true", help="run `jaxcloak warmup` first")
   args = ap.parse_args()
   with tempfile.TemporaryDirectory() as tmp:
     cache = Path(tmp) / "xla"
+    if args.warmup:
+      cmd = [sys.executable, "-m", "jaxcloak", "warmup", "--preset", args.preset, "--quiet",
+             "--compile-cache", str(cache)]
+      t0 = time.perf_counter()
+      r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+      if r.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed: {r.stderr.strip().splitlines()[-1:]}")
+      print(json.dumps({"bench": "first_run", "preset": args.preset, "run": "warmup",
+                        "wall_s": round(time.perf_counter() - t0, 1)}), flush=True)
     for i in range(args.runs):
       rec = _run(args.preset, Path(tmp) / f"out{i}", str(cache))
       size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())
