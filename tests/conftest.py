@@ -87,6 +87,17 @@ def jax_cache(tmp_path_factory):
     os.environ["JAXCLOAK_COMPILE_CACHE"] = old
 
 
+@pytest.fixture(autouse=True)
+def programs_off():
+  """Saved programs (jaxcloak/programs.py) off around every test: a CLI run in process
+  turns them on for its process, and a later test in that worker counting its traces
+  would then load another test's program instead of tracing its own."""
+  from jaxcloak import programs
+  programs.enable(None)
+  yield
+  programs.enable(None)
+
+
 def pytest_collection_modifyitems(config, items):
   """Files holding a `slow` test run first, in collection order, and the rest after.
 
