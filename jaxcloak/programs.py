@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import jax
-import numpy as np
+
+from jaxcloak import files
 
 SUBFOLDER = "programs"  # of the compile cache's folder
 _PACKAGE = Path(__file__).resolve().parent
@@ -38,10 +37,6 @@ def enable(folder: Path | None) -> None:
   _folder = folder
 
 
-def folder() -> Path | None:
-  return _folder
-
-
 @functools.cache
 def _machine() -> bytes:
   """What a program depends on besides its key and arguments."""
@@ -53,6 +48,24 @@ def _machine() -> bytes:
   h.update(repr((jax.__version__, jaxlib.__version__, jax.default_backend(),
                  [d.device_kind for d in devices])).encode())
   return h.digest()
+
+
+def _entry(kind: str, key: str, signature: tuple) -> Path:
+  """The file of one saved thing, named by all it depends on."""
+  name = hashlib.sha256(_machine() + repr((kind, key, signature)).encode()).hexdigest()[:40]
+  return _folder / f"{name}.{kind}"
+
+
+def _save(path: Path, value) -> None:
+  try:
+    files.atomic_write(path, pickle.dumps(value))
+  except OSError:  # a full or read-only cache only costs the next run this trace
+    pass
+
+
+def _arguments(args) -> tuple:
+  leaves, tree = jax.tree_util.tree_flatten(args)
+  return (str(tree), tuple(map(_signature, leaves)))
 
 
 def _signature(x) -> tuple:
@@ -78,8 +91,7 @@ class Program:
   def __call__(self, *args):
     if _folder is None:
       return self.jitted(*args)
-    leaves, tree = jax.tree_util.tree_flatten(args)
-    signature = (str(tree), tuple(map(_signature, leaves)))
+    signature = _arguments(args)
     program = self._loaded.get(signature)
     if program is None:
       program = self._loaded[signature] = self._load_or_compile(args, signature)
@@ -87,17 +99,13 @@ class Program:
 
   def _load_or_compile(self, args, signature):
     """jit(call of the saved export), built from the file or, failing that, by tracing."""
-    name = hashlib.sha256(_machine() + repr((self.key, signature)).encode()).hexdigest()[:40]
-    path = _folder / f"{name}.export"
+    path = _entry("export", self.key, signature)
     try:
       data, out_tree = pickle.loads(path.read_bytes())
       exported = jax.export.deserialize(data)
     except Exception:  # not saved yet, or unreadable: trace it again and (re)write it
       exported, out_tree = self._export(args)
-      try:
-        _write_atomically(path, pickle.dumps((exported.serialize(), out_tree)))
-      except OSError:  # a full or read-only cache only costs the next run this trace
-        pass
+      _save(path, (exported.serialize(), out_tree))
     call = jax.jit(exported.call)
     return lambda *a: jax.tree_util.tree_unflatten(out_tree, call(*jax.tree_util.tree_leaves(a)))
 
@@ -119,32 +127,15 @@ def shapes(key: str, fn, *args):
   its parameter shapes costs about a second per model and run. `key` names `fn` in full."""
   if _folder is None:
     return jax.eval_shape(fn, *args)
-  leaves, tree = jax.tree_util.tree_flatten(args)
-  signature = (str(tree), tuple(map(_signature, leaves)))
-  name = hashlib.sha256(_machine() + repr(("shapes", key, signature)).encode()).hexdigest()[:40]
-  path = _folder / f"{name}.shapes"
+  path = _entry("shapes", key, _arguments(args))
   try:
     return pickle.loads(path.read_bytes())
   except Exception:  # not saved yet, or unreadable
     result = jax.eval_shape(fn, *args)
-    try:
-      _write_atomically(path, pickle.dumps(result))
-    except OSError:
-      pass
+    _save(path, result)
     return result
 
 
 def saved(key: str):
   """Decorator: a module-level function jitted as a Program under `key`."""
   return lambda fn: Program(jax.jit(fn), key)
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise

@@ -23,7 +23,6 @@ import time
 import numpy as np
 from PIL import Image
 
-from jaxcloak.faces import io as photo_io
 from jaxcloak.faces import regions as regions_lib
 from jaxcloak.faces.align import ARCFACE_TEMPLATE
 from jaxcloak.pipeline.cloaker import Cloaker
